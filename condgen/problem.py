@@ -1,0 +1,415 @@
+r"""What condgen learns about a Pyro model by tracing it: sites and a vectorised likelihood."""
+
+from __future__ import annotations
+
+__all__ = ["Problem", "Site"]
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+from torch.distributions import constraints
+
+_PARTICLES = "_condgen_particles"
+
+
+@dataclass(frozen=True)
+class Site:
+    r"""A sample site of a traced model.
+
+    Attributes:
+        name: The site name.
+        shape: The shape of one value of the site, batch (plate) dimensions included.
+        event_dim: How many trailing dimensions of ``shape`` are event dimensions.
+        support: The support constraint of the site's distribution.
+        distribution: The distribution met at the site in the first trace.
+        neural: Whether the distribution is a condgen neural prior.
+    """
+
+    name: str
+    shape: torch.Size
+    event_dim: int
+    support: constraints.Constraint
+    distribution: dist.Distribution
+    neural: bool = False
+
+    @property
+    def batch_ndim(self) -> int:
+        return len(self.shape) - self.event_dim
+
+    @property
+    def discrete(self) -> bool:
+        return bool(getattr(self.support, "is_discrete", False))
+
+
+def _base_distribution(fn: dist.Distribution) -> dist.Distribution:
+    while True:
+        if isinstance(fn, dist.Independent | dist.MaskedDistribution | dist.ExpandedDistribution):
+            fn = fn.base_dist
+        else:
+            return fn
+
+
+def _is_neural(fn: dist.Distribution) -> bool:
+    return bool(getattr(_base_distribution(fn), "is_neural_prior", False))
+
+
+class Problem:
+    r"""A Pyro model conditioned on data, as every condgen method sees it.
+
+    The model is traced once under :func:`pyro.condition` with ``data``. The trace gives the
+    latent sites (name, shape, support, whether the distribution is a condgen neural prior)
+    and the observed sites. The model is then run under an outer particle plate, at dimension
+    :math:`-(\text{max\_plate\_nesting} + 1)`, as Pyro's vectorised ELBOs do, so that
+
+    .. math:: \log p(y \mid x^{(i)}) \quad \text{and} \quad \log p(x^{(i)}, y)
+
+    are evaluated for a batch of latent values :math:`x^{(1)}, \dots, x^{(P)}` in one pass.
+
+    Arguments:
+        model: A Pyro model (a callable with ``pyro.sample`` statements).
+        data: Observations by site name, applied with :func:`pyro.condition`.
+        args: Positional arguments of the model.
+        kwargs: Keyword arguments of the model.
+
+    Raises:
+        ValueError: If a data key is not a site of the model, an observation is NaN or
+            infinite, does not fit its site's shape or support, or if the model cannot be
+            vectorised over particles.
+
+    Example:
+        >>> def model(y=None):
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 1.0), obs=y)
+        >>> problem = Problem(model, data={"y": torch.tensor(0.5)})
+        >>> list(problem.latent_sites), list(problem.observed_sites)
+        (['x'], ['y'])
+        >>> problem.log_likelihood({"x": torch.zeros(8)}).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        data: Mapping[str, Any] | None = None,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ):
+        self.model = model
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.data = {name: _as_observation(name, value) for name, value in (data or {}).items()}
+        self.conditioned_model = poutine.condition(model, data=self.data)
+
+        trace = self._trace_once()
+        sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+        self._check_data_keys(sites)
+
+        self.latent_sites: dict[str, Site] = {}
+        self.observed_sites: dict[str, Site] = {}
+        self.deterministic_sites: list[str] = []
+        self._log_prob_shapes: dict[str, torch.Size] = {}
+        for site in sites:
+            if site["infer"].get("_deterministic"):
+                self.deterministic_sites.append(site["name"])
+                continue
+            fn = site["fn"]
+            info = Site(
+                name=site["name"],
+                shape=site["value"].shape,
+                event_dim=len(fn.event_shape),
+                support=fn.support,
+                distribution=fn,
+                neural=_is_neural(fn),
+            )
+            if site["is_observed"]:
+                _check_observation(info, site["value"])
+                with torch.no_grad(), pyro.validation_enabled(False):
+                    self._log_prob_shapes[info.name] = fn.log_prob(site["value"]).shape
+                self.observed_sites[info.name] = info
+            else:
+                self.latent_sites[info.name] = info
+        self.max_plate_nesting = max(
+            [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized], default=0
+        )
+        floating = [s["value"] for s in sites if s["value"].is_floating_point()]
+        self.device = floating[0].device if floating else torch.device("cpu")
+        self.dtype = floating[0].dtype if floating else torch.get_default_dtype()
+        self._check_vectorizable()
+
+    # ----------------------------------------------------------------------------- tracing
+
+    def _trace_once(self) -> poutine.Trace:
+        try:
+            with pyro.validation_enabled(False), torch.no_grad():
+                trace = poutine.trace(self.conditioned_model).get_trace(*self.args, **self.kwargs)
+                return prune_subsample_sites(trace)
+        except Exception as error:
+            raise ValueError(f"tracing the model with the given data failed: {error}") from error
+
+    def _check_data_keys(self, sites: list[dict]) -> None:
+        names = {s["name"] for s in sites}
+        unknown = sorted(set(self.data) - names)
+        if unknown:
+            raise ValueError(
+                f"data has keys {unknown} that are not sample sites of the model; "
+                f"its sample sites are {sorted(names)}"
+            )
+
+    def _check_vectorizable(self) -> None:
+        probe = 2
+        try:
+            with torch.no_grad():
+                trace = self._vectorized_trace(probe, None)
+        except Exception as error:
+            raise ValueError(
+                "the model cannot be vectorised over particles (an outer pyro.plate at dim "
+                f"{-self.max_plate_nesting - 1}): {error}. Declare batch dimensions with "
+                "pyro.plate, event dimensions with .to_event(n), and avoid Python control "
+                "flow on sampled values."
+            ) from error
+        for name, site in self.latent_sites.items():
+            value = trace.nodes[name]["value"]
+            if value.numel() != probe * math.prod(site.shape):
+                raise ValueError(
+                    f"site '{name}' has shape {tuple(value.shape)} under a particle plate of "
+                    f"size {probe}, expected {probe} x {tuple(site.shape)}: the model cannot be "
+                    "vectorised. Declare batch dimensions with pyro.plate and event dimensions "
+                    "with .to_event(n)."
+                )
+
+    def _particle_plate(self, num_particles: int) -> pyro.plate:
+        return pyro.plate(_PARTICLES, num_particles, dim=-self.max_plate_nesting - 1)
+
+    def _to_vectorized(self, name: str, value: Tensor) -> Tensor:
+        site = self.latent_sites[name]
+        num_particles = value.shape[0]
+        if tuple(value.shape[1:]) != tuple(site.shape):
+            raise ValueError(
+                f"values of site '{name}' must have shape [num_particles, "
+                f"{', '.join(map(str, site.shape))}], got {tuple(value.shape)}"
+            )
+        pad = (1,) * (self.max_plate_nesting - site.batch_ndim)
+        return value.reshape((num_particles, *pad, *site.shape))
+
+    def _vectorized_trace(
+        self,
+        num_particles: int,
+        values: Mapping[str, Tensor] | None,
+        model: Callable | None = None,
+    ) -> poutine.Trace:
+        model = self.conditioned_model if model is None else model
+        if values is not None:
+            missing = sorted(set(self.latent_sites) - set(values))
+            if missing:
+                raise ValueError(f"values are missing for the latent sites {missing}")
+            model = poutine.condition(
+                model, data={k: self._to_vectorized(k, v) for k, v in values.items()}
+            )
+
+        def vectorized(*args, **kwargs):
+            with self._particle_plate(num_particles):
+                return model(*args, **kwargs)
+
+        with pyro.validation_enabled(False):
+            trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
+        trace.compute_log_prob()
+        return trace
+
+    @staticmethod
+    def _num_particles(values: Mapping[str, Tensor]) -> int:
+        sizes = {v.shape[0] for v in values.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"values must share one leading particle dimension, got {sizes}")
+        return sizes.pop()
+
+    # ------------------------------------------------------------------------- densities
+
+    def log_likelihood(self, values: Mapping[str, Tensor]) -> Tensor:
+        r"""Evaluates :math:`\log p(y \mid x)` for a batch of latent values.
+
+        Arguments:
+            values: Latent values by site name, each shaped ``[num_particles, *site.shape]``.
+
+        Returns:
+            The log-likelihood of the observed sites, shaped ``[num_particles]``.
+        """
+        num_particles = self._num_particles(values)
+        trace = self._vectorized_trace(num_particles, values)
+        return self._sum_log_prob(trace, self.observed_sites, num_particles)
+
+    def log_joint(self, values: Mapping[str, Tensor]) -> Tensor:
+        r"""Evaluates :math:`\log p(x, y)` (constrained space, no Jacobian) for a batch of values.
+
+        Arguments:
+            values: Latent values by site name, each shaped ``[num_particles, *site.shape]``.
+
+        Returns:
+            The log-joint density, shaped ``[num_particles]``.
+        """
+        num_particles = self._num_particles(values)
+        trace = self._vectorized_trace(num_particles, values)
+        return self._sum_log_prob(trace, [*self.latent_sites, *self.observed_sites], num_particles)
+
+    def _sum_log_prob(self, trace: poutine.Trace, names, num_particles: int) -> Tensor:
+        particle_dim = self.max_plate_nesting + 1
+        total = torch.zeros(num_particles, device=self.device, dtype=self.dtype)
+        for name in names:
+            log_prob = trace.nodes[name]["log_prob"]
+            if log_prob.dim() < particle_dim:  # constant across particles
+                total = total + log_prob.sum()
+            else:
+                total = total + log_prob.flatten(log_prob.dim() - particle_dim + 1).sum(-1)
+        return total
+
+    def pointwise_log_likelihood(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        r"""Evaluates :math:`\log p(y_j \mid x)` per observed site and per observation.
+
+        Arguments:
+            values: Latent values by site name, each shaped ``[num_particles, *site.shape]``.
+
+        Returns:
+            For each observed site, the unscaled log-density of each observation, shaped
+            ``[num_particles, *batch_shape]``.
+        """
+        num_particles = self._num_particles(values)
+        trace = self._vectorized_trace(num_particles, values)
+        return {
+            name: trace.nodes[name]["unscaled_log_prob"]
+            .expand(-1, *trace.nodes[name]["unscaled_log_prob"].shape[1:])
+            .reshape(num_particles, *self._log_prob_shapes[name])
+            for name in self.observed_sites
+        }
+
+    # ---------------------------------------------------------------------------- sampling
+
+    def sample_prior(self, num_particles: int) -> dict[str, Tensor]:
+        r"""Draws latent values from the prior, in one vectorised pass.
+
+        Returns:
+            Latent values by site name, each shaped ``[num_particles, *site.shape]``.
+        """
+        with torch.no_grad():
+            trace = self._vectorized_trace(num_particles, None)
+        return self._latent_values(trace, num_particles)
+
+    def sample_guide(
+        self, guide: Callable, num_particles: int
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        r"""Draws latent values from a Pyro guide with their log-density :math:`\log q(x)`.
+
+        The guide runs under the same particle plate as the model, as in Pyro's vectorised
+        ELBOs.
+
+        Returns:
+            Latent values by site name, each shaped ``[num_particles, *site.shape]``, and
+            :math:`\log q` summed over the guide's sites, shaped ``[num_particles]``.
+        """
+
+        def vectorized(*args, **kwargs):
+            with self._particle_plate(num_particles):
+                return guide(*args, **kwargs)
+
+        with torch.no_grad(), pyro.validation_enabled(False):
+            trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
+            trace.compute_log_prob()
+        guide_sites = [
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        ]
+        log_q = self._sum_log_prob(trace, guide_sites, num_particles)
+        return self._latent_values(trace, num_particles), log_q
+
+    def sample_predictive(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        r"""Draws the observed sites anew given latent values: :math:`y^{(i)} \sim p(y \mid
+        x^{(i)})`.
+
+        Returns:
+            Predictive values by observed site name, each shaped ``[num_particles, *shape]``.
+        """
+        num_particles = self._num_particles(values)
+        with torch.no_grad():
+            trace = self._vectorized_trace(
+                num_particles, values, model=poutine.uncondition(self.conditioned_model)
+            )
+        return {
+            name: trace.nodes[name]["value"]
+            .expand(num_particles, *trace.nodes[name]["value"].shape[1:])
+            .reshape(num_particles, *site.shape)
+            for name, site in self.observed_sites.items()
+        }
+
+    def _latent_values(self, trace: poutine.Trace, num_particles: int) -> dict[str, Tensor]:
+        values = {}
+        for name, site in self.latent_sites.items():
+            if name not in trace.nodes:
+                raise ValueError(f"the guide has no sample site for the latent site '{name}'")
+            values[name] = trace.nodes[name]["value"].reshape(num_particles, *site.shape)
+        return values
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def require_continuous(self, method: str, suggestion: str = "importance") -> None:
+        r"""Raises a :class:`ValueError` naming the first discrete latent site, if any."""
+        for name, site in self.latent_sites.items():
+            if site.discrete:
+                raise ValueError(
+                    f"method '{method}' needs continuous latent sites, but site '{name}' has "
+                    f"discrete support {site.support}; use method='{suggestion}' or "
+                    "marginalise the site out"
+                )
+
+    def __repr__(self) -> str:
+        def fmt(sites: Mapping[str, Site]) -> str:
+            return ", ".join(f"{n}{list(s.shape)}" for n, s in sites.items())
+
+        return f"Problem(latent=[{fmt(self.latent_sites)}], observed=[{fmt(self.observed_sites)}])"
+
+
+def _as_observation(name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        except Exception as error:
+            raise ValueError(
+                f"observation of site '{name}' must be a tensor (or array), got {type(value)}"
+            ) from error
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        bad = (~torch.isfinite(value)).sum().item()
+        raise ValueError(
+            f"observation of site '{name}' has {bad} NaN or infinite entries; remove them or "
+            "mask them with poutine.mask / obs_mask"
+        )
+    return value
+
+
+def _check_observation(site: Site, value: Tensor) -> None:
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise ValueError(f"observation of site '{site.name}' has NaN or infinite entries")
+    fn = site.distribution
+    shape = fn.batch_shape + fn.event_shape
+    event_shape = tuple(value.shape[value.dim() - site.event_dim :]) if site.event_dim else ()
+    try:
+        fits = torch.broadcast_shapes(value.shape, shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits or event_shape != tuple(fn.event_shape):
+        raise ValueError(
+            f"observation of site '{site.name}' has shape {tuple(value.shape)}, which does not "
+            f"fit its distribution of batch shape {tuple(fn.batch_shape)} and event shape "
+            f"{tuple(fn.event_shape)}; reshape the observation or the site's plates"
+        )
+    support_ok = fn.support.check(value)
+    if not bool(torch.as_tensor(support_ok).all()):
+        raise ValueError(
+            f"observation of site '{site.name}' lies outside the support {fn.support} of "
+            f"its distribution {type(fn).__name__}"
+        )
