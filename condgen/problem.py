@@ -115,6 +115,7 @@ class Problem:
         self.latent_sites: dict[str, Site] = {}
         self.observed_sites: dict[str, Site] = {}
         self.deterministic_sites: list[str] = []
+        self.observations: dict[str, Tensor] = {}
         self._log_prob_shapes: dict[str, torch.Size] = {}
         for site in sites:
             if site["infer"].get("_deterministic"):
@@ -131,6 +132,7 @@ class Problem:
             )
             if site["is_observed"]:
                 _check_observation(info, site["value"])
+                self.observations[info.name] = site["value"]
                 with torch.no_grad(), pyro.validation_enabled(False):
                     self._log_prob_shapes[info.name] = fn.log_prob(site["value"]).shape
                 self.observed_sites[info.name] = info
