@@ -133,11 +133,11 @@ class Problem:
             if site["is_observed"]:
                 _check_observation(info, site["value"])
                 self.observations[info.name] = site["value"]
-                with torch.no_grad(), pyro.validation_enabled(False):
-                    self._log_prob_shapes[info.name] = fn.log_prob(site["value"]).shape
                 self.observed_sites[info.name] = info
             else:
                 self.latent_sites[info.name] = info
+            with torch.no_grad(), pyro.validation_enabled(False):
+                self._log_prob_shapes[info.name] = fn.log_prob(site["value"]).shape
         self.max_plate_nesting = max(
             [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized], default=0
         )
@@ -185,6 +185,16 @@ class Problem:
                     f"size {probe}, expected {probe} x {tuple(site.shape)}: the model cannot be "
                     "vectorised. Declare batch dimensions with pyro.plate and event dimensions "
                     "with .to_event(n)."
+                )
+        for name, shape in self._log_prob_shapes.items():
+            log_prob = trace.nodes[name]["log_prob"]
+            if log_prob.numel() != probe * math.prod(shape):
+                raise ValueError(
+                    f"the log-density of site '{name}' has shape {tuple(log_prob.shape)} under a "
+                    f"particle plate of size {probe}, expected {probe} x {tuple(shape)}: the "
+                    "model broadcasts a latent value against the wrong dimension. Index from "
+                    "the right (e.g. (X * w).sum(-1) instead of X @ w or w.unsqueeze(-2)), so "
+                    "that extra leading dimensions pass through."
                 )
 
     def _particle_plate(self, num_particles: int) -> pyro.plate:
@@ -268,7 +278,8 @@ class Problem:
             if log_prob.dim() < particle_dim:  # constant across particles
                 total = total + log_prob.sum()
             else:
-                total = total + log_prob.flatten(log_prob.dim() - particle_dim + 1).sum(-1)
+                start = log_prob.dim() - particle_dim + 1
+                total = total + log_prob.reshape(*log_prob.shape[:start], -1).sum(-1)
         return total
 
     def pointwise_log_likelihood(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -284,9 +295,9 @@ class Problem:
         num_particles = self._num_particles(values)
         trace = self._vectorized_trace(num_particles, values)
         return {
-            name: trace.nodes[name]["unscaled_log_prob"]
-            .expand(-1, *trace.nodes[name]["unscaled_log_prob"].shape[1:])
-            .reshape(num_particles, *self._log_prob_shapes[name])
+            name: trace.nodes[name]["unscaled_log_prob"].reshape(
+                num_particles, *self._log_prob_shapes[name]
+            )
             for name in self.observed_sites
         }
 

@@ -36,6 +36,7 @@ def sliced_wasserstein(
         raise ValueError(f"x and y have dimensions {x.shape[1]} and {y.shape[1]}")
     generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
     theta = torch.randn(x.shape[1], num_projections, generator=generator, device=x.device)
+    theta = theta.to(x.dtype)
     theta = theta / theta.norm(dim=0, keepdim=True)
     qx, qy = (x @ theta).sort(0).values, (y @ theta).sort(0).values
     if len(qx) != len(qy):

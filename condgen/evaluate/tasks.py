@@ -164,7 +164,7 @@ class BayesianLinearRegression(Task):
         dim = self.features.shape[1]
         w = pyro.sample("w", dist.Normal(0.0, self.prior_scale).expand([dim]).to_event(1))
         with pyro.plate("obs", len(self.features)):
-            pyro.sample("y", dist.Normal((self.features * w.unsqueeze(-2)).sum(-1), self.noise))
+            pyro.sample("y", dist.Normal((self.features * w).sum(-1), self.noise))
 
     def posterior(self) -> dict[str, Distribution]:
         X, y = self.features.double(), self.data["y"].double()
