@@ -4,9 +4,13 @@ __all__ = [
     "BayesianLinearRegression",
     "BetaBinomial",
     "NormalNormal",
+    "Report",
     "Task",
+    "compare",
+    "posterior_metrics",
     "sliced_wasserstein",
 ]
 
+from .compare import Report, compare, posterior_metrics
 from .metrics import sliced_wasserstein
 from .tasks import BayesianLinearRegression, BetaBinomial, NormalNormal, Task
