@@ -1,0 +1,39 @@
+r"""The base class of condgen's priors: Pyro distributions that a model can sample from."""
+
+from __future__ import annotations
+
+__all__ = ["Prior"]
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+
+class Prior(dist.TorchDistribution):
+    r"""A prior over events of shape ``event_shape``, usable as ``pyro.sample("x", prior)``.
+
+    :class:`~condgen.Problem` marks a site whose distribution is a :class:`Prior` as neural
+    (``site.neural``), so that guidance methods know which site carries the learned prior.
+    Priors have an empty batch shape; ``pyro.plate`` expands them as any distribution.
+
+    Arguments:
+        event_shape: The shape of one draw.
+    """
+
+    is_neural_prior = True
+    arg_constraints: dict = {}  # noqa: RUF012 - torch.distributions API
+
+    def __init__(self, event_shape: torch.Size | tuple[int, ...]):
+        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def _check_event(self, x: torch.Tensor, name: str = "x") -> None:
+        n = len(self.event_shape)
+        if x.dim() < n or tuple(x.shape[x.dim() - n :]) != tuple(self.event_shape):
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}, but this prior's event shape is "
+                f"{tuple(self.event_shape)}: the trailing dimensions must match it"
+            )
