@@ -76,8 +76,12 @@ class Posterior:
         self.problem = problem
         self.samples = {k: v.detach() for k, v in samples.items()}
         missing = sorted(set(problem.latent_sites) - set(self.samples))
-        if missing:
-            raise ValueError(f"samples are missing for the latent sites {missing}")
+        unknown = sorted(set(self.samples) - set(problem.latent_sites))
+        if missing or unknown:
+            raise ValueError(
+                f"samples must have exactly the latent sites {list(problem.latent_sites)}; "
+                f"missing {missing}, not latent {unknown}"
+            )
         first = next(iter(self.samples.values()))
         self.num_chains, self.num_draws = first.shape[:2]
         for name, value in self.samples.items():
@@ -87,6 +91,11 @@ class Posterior:
                     f"draws of site '{name}' have shape {tuple(value.shape)}, expected {expected}"
                 )
         if log_weights is not None:
+            if tuple(log_weights.shape) != (self.num_chains, self.num_draws):
+                raise ValueError(
+                    f"log_weights must have shape [chains, draws] = "
+                    f"{[self.num_chains, self.num_draws]}, got {list(log_weights.shape)}"
+                )
             log_weights = log_weights.detach()
             log_weights = log_weights - log_weights.logsumexp(-1, keepdim=True)
         self.log_weights = log_weights

@@ -196,11 +196,46 @@ class Problem:
                     "the right (e.g. (X * w).sum(-1) instead of X @ w or w.unsqueeze(-2)), so "
                     "that extra leading dimensions pass through."
                 )
+        self._check_particles_independent(trace, probe)
+
+    def _check_particles_independent(self, trace: poutine.Trace, probe: int) -> None:
+        # A model can have every shape right and still mix particles (e.g. x.sum() over a
+        # latent without event dimensions): compare with one particle at a time.
+        names = [
+            n
+            for n, site in (*self.latent_sites.items(), *self.observed_sites.items())
+            if not site.neural
+        ]
+        vectorized = self._sum_log_prob(trace, names, probe)
+        values = self._latent_values(trace, probe)
+        for i in range(probe):
+            single = {k: v[i] for k, v in values.items()}
+            with torch.no_grad(), pyro.validation_enabled(False):
+                one = poutine.trace(poutine.condition(self.conditioned_model, single)).get_trace(
+                    *self.args, **self.kwargs
+                )
+                expected = sum(
+                    one.nodes[n]["fn"].log_prob(one.nodes[n]["value"]).sum() for n in names
+                )
+            if not torch.allclose(
+                vectorized[i], torch.as_tensor(expected).to(vectorized), rtol=1e-3, atol=1e-3
+            ):
+                raise ValueError(
+                    "the model gives different log-densities when run for several particles at "
+                    "once than for one at a time: it reduces or broadcasts over a dimension "
+                    "that is not its own. Declare event dimensions with .to_event(n) and batch "
+                    "dimensions with pyro.plate, and reduce over the right-most dimensions only."
+                )
 
     def _particle_plate(self, num_particles: int) -> pyro.plate:
         return pyro.plate(_PARTICLES, num_particles, dim=-self.max_plate_nesting - 1)
 
     def _to_vectorized(self, name: str, value: Tensor) -> Tensor:
+        if name not in self.latent_sites:
+            raise ValueError(
+                f"values has a key '{name}' that is not a latent site; latent sites are "
+                f"{list(self.latent_sites)}"
+            )
         site = self.latent_sites[name]
         num_particles = value.shape[0]
         if tuple(value.shape[1:]) != tuple(site.shape):
@@ -222,6 +257,7 @@ class Problem:
             missing = sorted(set(self.latent_sites) - set(values))
             if missing:
                 raise ValueError(f"values are missing for the latent sites {missing}")
+            values = {k: v for k, v in values.items() if k not in self.deterministic_sites}
             model = poutine.condition(
                 model, data={k: self._to_vectorized(k, v) for k, v in values.items()}
             )

@@ -315,24 +315,12 @@ def test_constructor_rejects_missing_site():
     Posterior(problem, {"a": torch.zeros(2, 10), "b": torch.zeros(2, 10, 2)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="Posterior.__init__ (condgen/posterior.py) looks up problem.latent_sites[name] for "
-    "every key of samples: a site that is not latent raises a bare KeyError, not a ValueError "
-    "naming it",
-)
 def test_constructor_rejects_unknown_site():
     problem = Problem(TASK.model, TASK.data)
     with pytest.raises(ValueError, match="'z'"):
         Posterior(problem, {"x": torch.zeros(1, 10, 2), "z": torch.zeros(1, 10)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Posterior.__init__ (condgen/posterior.py) does not check that log_weights has "
-    "shape [chains, draws]; resample() then indexes draws with ancestors of the wrong set",
-)
 def test_constructor_rejects_log_weights_of_wrong_shape():
     problem = Problem(TASK.model, TASK.data)
     with pytest.raises(ValueError, match="log_weights"):

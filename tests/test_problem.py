@@ -534,14 +534,6 @@ def test_unvectorisable_vector_site_without_to_event():
     assert "pyro.plate" in str(info.value) and "to_event" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Problem._check_vectorizable (condgen/problem.py) checks only the shapes of latent "
-    "values and log-densities under the probe plate: a model that reduces over every dimension "
-    "(x.sum()) keeps those shapes, passes, and log_likelihood silently mixes particles; "
-    "comparing the probe's log-likelihood with one-particle runs would catch it",
-)
 def test_unvectorisable_reduction_over_particles():
     def model():
         x = pyro.sample("x", dist.Normal(torch.zeros(3), 1.0))  # no .to_event(1), no plate
@@ -603,14 +595,6 @@ def test_missing_latent_values():
         problem.sample_predictive({"mu": torch.zeros(4)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="Problem._to_vectorized (condgen/problem.py) indexes self.latent_sites[name] for "
-    "every key of values, so a key that is not a latent site (a typo, or a deterministic site "
-    "as in Pyro's Predictive output) raises a bare KeyError instead of a ValueError naming it "
-    "(or being ignored)",
-)
 @pytest.mark.parametrize("key", ["typo", "shift"])
 def test_values_with_unknown_key(key):
     problem = make_problem("plate")
