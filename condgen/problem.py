@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["Problem", "Site"]
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +169,7 @@ class Problem:
         probe = 2
         try:
             with torch.no_grad():
-                trace = self._vectorized_trace(probe, None)
+                trace = self._vectorized_trace(probe, None, self._cheap_sites())
         except Exception as error:
             raise ValueError(
                 "the model cannot be vectorised over particles (an outer pyro.plate at dim "
@@ -227,6 +227,10 @@ class Problem:
                     "dimensions with pyro.plate, and reduce over the right-most dimensions only."
                 )
 
+    def _cheap_sites(self) -> list[str]:
+        sites = (*self.latent_sites.values(), *self.observed_sites.values())
+        return [site.name for site in sites if not site.neural]
+
     def _particle_plate(self, num_particles: int) -> pyro.plate:
         return pyro.plate(_PARTICLES, num_particles, dim=-self.max_plate_nesting - 1)
 
@@ -250,6 +254,7 @@ class Problem:
         self,
         num_particles: int,
         values: Mapping[str, Tensor] | None,
+        log_prob_sites: Collection[str] = (),
         model: Callable | None = None,
     ) -> poutine.Trace:
         model = self.conditioned_model if model is None else model
@@ -268,7 +273,8 @@ class Problem:
 
         with pyro.validation_enabled(False):
             trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
-        trace.compute_log_prob()
+        # only the sites asked for: a neural prior's log_prob may solve an ODE
+        trace.compute_log_prob(site_filter=lambda name, site: name in log_prob_sites)
         return trace
 
     @staticmethod
@@ -290,7 +296,7 @@ class Problem:
             The log-likelihood of the observed sites, shaped ``[num_particles]``.
         """
         num_particles = self._num_particles(values)
-        trace = self._vectorized_trace(num_particles, values)
+        trace = self._vectorized_trace(num_particles, values, self.observed_sites)
         return self._sum_log_prob(trace, self.observed_sites, num_particles)
 
     def log_joint(self, values: Mapping[str, Tensor]) -> Tensor:
@@ -303,8 +309,9 @@ class Problem:
             The log-joint density, shaped ``[num_particles]``.
         """
         num_particles = self._num_particles(values)
-        trace = self._vectorized_trace(num_particles, values)
-        return self._sum_log_prob(trace, [*self.latent_sites, *self.observed_sites], num_particles)
+        names = [*self.latent_sites, *self.observed_sites]
+        trace = self._vectorized_trace(num_particles, values, names)
+        return self._sum_log_prob(trace, names, num_particles)
 
     def _sum_log_prob(self, trace: poutine.Trace, names, num_particles: int) -> Tensor:
         particle_dim = self.max_plate_nesting + 1
@@ -329,7 +336,7 @@ class Problem:
             ``[num_particles, *batch_shape]``.
         """
         num_particles = self._num_particles(values)
-        trace = self._vectorized_trace(num_particles, values)
+        trace = self._vectorized_trace(num_particles, values, self.observed_sites)
         return {
             name: trace.nodes[name]["unscaled_log_prob"].reshape(
                 num_particles, *self._log_prob_shapes[name]
