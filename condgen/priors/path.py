@@ -89,7 +89,7 @@ def ode_log_prob(
     def f(t: Tensor, x_t: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
         backward = torch.is_grad_enabled()  # True inside the adjoint pass
         with torch.enable_grad():
-            if not x_t.requires_grad:
+            if not backward:  # the forward pass hands views that may not be in a graph
                 x_t = x_t.detach().requires_grad_()
             v = velocity(x_t, t.expand(batch))
             div = _divergence(v, x_t, event_dim, probe, create_graph=backward)
@@ -206,8 +206,8 @@ class PathPrior(Prior):
             self.schedule,
             shape,
             self.event_dim,
-            sampler=sampler or self.sampler,
-            steps=steps or self.steps,
+            sampler=self.sampler if sampler is None else sampler,
+            steps=self.steps if steps is None else steps,
             eta=eta,
             generator=generator,
             device=device,
