@@ -186,8 +186,8 @@ class Problem:
                     "vectorised. Declare batch dimensions with pyro.plate and event dimensions "
                     "with .to_event(n)."
                 )
-        for name, shape in self._log_prob_shapes.items():
-            log_prob = trace.nodes[name]["log_prob"]
+        for name in self._cheap_sites():
+            log_prob, shape = trace.nodes[name]["log_prob"], self._log_prob_shapes[name]
             if log_prob.numel() != probe * math.prod(shape):
                 raise ValueError(
                     f"the log-density of site '{name}' has shape {tuple(log_prob.shape)} under a "

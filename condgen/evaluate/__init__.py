@@ -3,6 +3,7 @@ r"""Tasks with known posteriors and metrics that measure draws against them."""
 __all__ = [
     "BayesianLinearRegression",
     "BetaBinomial",
+    "GaussianMixtureInverseProblem",
     "NormalNormal",
     "Report",
     "Task",
@@ -13,4 +14,10 @@ __all__ = [
 
 from .compare import Report, compare, posterior_metrics
 from .metrics import sliced_wasserstein
-from .tasks import BayesianLinearRegression, BetaBinomial, NormalNormal, Task
+from .tasks import (
+    BayesianLinearRegression,
+    BetaBinomial,
+    GaussianMixtureInverseProblem,
+    NormalNormal,
+    Task,
+)

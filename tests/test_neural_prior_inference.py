@@ -1,0 +1,93 @@
+"""Bayesian methods on models whose prior is a condgen prior, against exact mixture posteriors."""
+
+import math
+
+import arviz as az
+import pytest
+import torch
+
+import condgen
+from condgen.evaluate import GaussianMixtureInverseProblem
+
+
+def _weighted_moments(post):
+    x = post.flatten()["x"].double()
+    if post.log_weights is None:
+        w = torch.full((len(x),), 1 / len(x), dtype=x.dtype)
+    else:
+        w = post.log_weights.flatten().double().softmax(0)
+    mean = w @ x
+    return mean, (w @ (x - mean) ** 2).sqrt()
+
+
+def test_problem_marks_the_neural_site():
+    task = GaussianMixtureInverseProblem()
+    problem = condgen.Problem(task.model, task.data)
+    assert problem.latent_sites["x"].neural
+    assert not problem.observed_sites["y"].neural
+
+
+def test_nuts_on_a_mixture_prior_matches_the_exact_posterior():
+    """With A = I the posterior is (nearly) one mixture component: NUTS mixes and its mean
+    and sd match the closed-form mixture posterior within 4 Monte Carlo standard errors."""
+    task = GaussianMixtureInverseProblem(operator=torch.eye(2), noise=0.5, seed=3)
+    exact = task.posterior()["x"]
+    post = condgen.condition(
+        task.model,
+        task.data,
+        method=condgen.methods.NUTS(num_chains=2, warmup_steps=300),
+        num_samples=1000,
+        seed=0,
+        progress=False,
+    )
+    ref = exact.sample((200_000,))
+    mean, sd = _weighted_moments(post)
+    ess = torch.as_tensor(az.ess(post.to_arviz())["x"].values)
+    assert (ess > 100).all()
+    assert ((mean - ref.mean(0).double()).abs() < 4 * ref.std(0) / ess.sqrt()).all()
+    assert ((sd - ref.std(0).double()).abs() < 4 * ref.std(0) / (2 * ess).sqrt() + 0.02).all()
+
+
+def test_importance_recovers_a_bimodal_posterior_where_nuts_chains_stick():
+    """Observing one coordinate leaves two modes of equal weight. Importance sampling from the
+    prior recovers the weighted moments; NUTS chains stay in their modes, and R-hat says so."""
+    task = GaussianMixtureInverseProblem(seed=0)
+    exact = task.posterior()["x"]
+    assert exact.weights.max() < 0.6  # two comparable modes
+    ref = exact.sample((200_000,))
+    post = condgen.condition(
+        task.model, task.data, method="importance", proposal="prior", num_samples=20_000, seed=0
+    )
+    mean, sd = _weighted_moments(post)
+    ess = post.stats["ess"]
+    assert ((mean - ref.mean(0).double()).abs() < 4 * ref.std(0) / math.sqrt(ess)).all()
+    assert ((sd - ref.std(0).double()).abs() < 4 * ref.std(0) / math.sqrt(2 * ess)).all()
+
+    nuts = condgen.condition(
+        task.model,
+        task.data,
+        method=condgen.methods.NUTS(num_chains=4, warmup_steps=200),
+        num_samples=800,
+        seed=1,
+        progress=False,
+    )
+    rhat = float(az.rhat(nuts.to_arviz())["x"].max())
+    # the four chains start in random modes: with 4 chains the chance that all pick the same
+    # one of two equal modes is 1/8, so this fixed seed is checked, not assumed
+    assert rhat > 1.1
+
+
+@pytest.mark.parametrize("method", ["svi", "importance"])
+def test_methods_run_with_a_mixture_prior(method):
+    task = GaussianMixtureInverseProblem(operator=torch.eye(2), seed=3)
+    post = condgen.condition(
+        task.model,
+        task.data,
+        method=method,
+        num_steps=200,
+        num_samples=200,
+        seed=0,
+        progress=False,
+    )
+    assert post.samples["x"].shape[-1] == 2
+    assert "log_likelihood" in post.to_arviz().groups()
