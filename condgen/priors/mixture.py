@@ -68,6 +68,7 @@ class GaussianMixturePrior(PathPrior):
         super().__init__(schedule or VPSchedule(), (d,), sampler=sampler, steps=steps)
         self.weights = weights / weights.sum()
         self.means, self.covs = means, covs
+        self._clean = self.mixture(None)  # built once: log_prob is called in every NUTS step
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         return self.means.device, self.means.dtype
@@ -89,7 +90,7 @@ class GaussianMixturePrior(PathPrior):
         if options:
             return super().log_prob(x, **options)
         self._check_event(x)
-        return self.mixture().log_prob(x)
+        return self._clean.log_prob(x)
 
     def sample(self, sample_shape=(), **sampler_options) -> Tensor:
         r"""Exact draws; with sampler options (``sampler``, ``steps``, ``eta``) a path sampler
@@ -97,7 +98,7 @@ class GaussianMixturePrior(PathPrior):
         if sampler_options:
             return super().sample(sample_shape, **sampler_options)
         with torch.no_grad():
-            return self.mixture().sample(torch.Size(sample_shape) + self.batch_shape)
+            return self._clean.sample(torch.Size(sample_shape) + self.batch_shape)
 
     def _components(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior responsibilities log r_k [*, K] and component means E[x | x_t, k]."""
