@@ -1,0 +1,108 @@
+r"""Linear-Gaussian observation models, declared or detected from a Pyro model."""
+
+from __future__ import annotations
+
+__all__ = ["LinearGaussian", "detect_linear_gaussian"]
+
+from dataclasses import dataclass
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from .problem import Problem
+
+
+@dataclass
+class LinearGaussian:
+    r"""An observation :math:`y = A x + b + \sigma \odot n`, :math:`n \sim \mathcal{N}(0, I)`,
+    with :math:`x` and :math:`y` flattened.
+
+    Methods such as PiGDM need this structure. It is detected from the model by
+    :func:`detect_linear_gaussian`, or declared: ``condition(..., method="pigdm",
+    linear=LinearGaussian(A, sigma))``.
+
+    Arguments:
+        A: The operator, shaped ``[m, d]``.
+        sigma: The noise standard deviation, a scalar or shaped ``[m]``.
+        b: The offset, shaped ``[m]`` (default 0).
+    """
+
+    A: Tensor
+    sigma: Tensor | float
+    b: Tensor | None = None
+
+    def __post_init__(self):
+        self.A = torch.as_tensor(self.A)
+        if self.A.dim() != 2:
+            raise ValueError(f"A must be a matrix [m, d], got shape {tuple(self.A.shape)}")
+        self.sigma = torch.as_tensor(self.sigma, dtype=self.A.dtype, device=self.A.device)
+        self.sigma = self.sigma.expand(self.A.shape[0]).clone()
+        if (self.sigma < 0).any():
+            raise ValueError("sigma must be non-negative")
+        self.b = torch.zeros_like(self.A[:, 0]) if self.b is None else torch.as_tensor(self.b)
+
+    def to(self, reference: Tensor) -> LinearGaussian:
+        r"""The same model on the device and dtype of ``reference``."""
+        return LinearGaussian(self.A.to(reference), self.sigma.to(reference), self.b.to(reference))
+
+
+def _normal(fn: dist.Distribution) -> dist.Normal | None:
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+        fn = fn.base_dist
+    return fn if isinstance(fn, dist.Normal) else None
+
+
+def detect_linear_gaussian(problem: Problem, site: str, method: str) -> tuple[LinearGaussian, str]:
+    r"""Finds :math:`A`, :math:`b` and :math:`\sigma` of a model whose only observed site is
+    ``Normal(A x + b, sigma)`` in the latent site ``site``.
+
+    The model is run for :math:`x = 0` and :math:`x = e_1, \dots, e_d` as particles, which
+    gives :math:`b` and the columns of :math:`A`; linearity and a constant :math:`\sigma` are
+    then checked at random points.
+
+    Returns:
+        The linear-Gaussian model and the name of the observed site.
+
+    Raises:
+        ValueError: Naming the site when the observation is not linear-Gaussian.
+    """
+    if len(problem.observed_sites) != 1:
+        raise ValueError(
+            f"method '{method}' needs one linear-Gaussian observed site, the model has "
+            f"{list(problem.observed_sites)}; declare linear=LinearGaussian(A, sigma) or use "
+            "method='dps' or 'tds'"
+        )
+    (obs,) = problem.observed_sites
+    shape = problem.latent_sites[site].shape
+    d = int(torch.Size(shape).numel())
+    eye = torch.eye(d, dtype=problem.dtype, device=problem.device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    probes = torch.randn(2, d, generator=generator).to(eye)
+    points = torch.cat([torch.zeros_like(eye[:1]), eye, probes])
+    with torch.no_grad():
+        trace = problem._vectorized_trace(len(points), {site: points.reshape(-1, *shape)})
+    fn = _normal(trace.nodes[obs]["fn"])
+    if fn is None:
+        raise ValueError(
+            f"method '{method}' needs a Normal observation, but site '{obs}' has "
+            f"{type(trace.nodes[obs]['fn']).__name__}; use method='dps' or 'tds', which take "
+            "any likelihood"
+        )
+    n = len(points)
+    loc = fn.loc.expand(fn.batch_shape).reshape(n, -1)
+    scale = fn.scale.expand(fn.batch_shape).reshape(n, -1)
+    b, A = loc[0], (loc[1 : d + 1] - loc[0]).T
+    predicted = probes @ A.T + b
+    tolerance = 1e-4 * (1 + loc.abs().max())
+    if not torch.allclose(predicted, loc[d + 1 :], atol=float(tolerance), rtol=1e-4):
+        raise ValueError(
+            f"method '{method}' needs a linear observation, but the mean of site '{obs}' is not "
+            f"linear in '{site}'; use method='dps' or 'tds'"
+        )
+    if not torch.allclose(scale, scale[:1].expand_as(scale)):
+        raise ValueError(
+            f"method '{method}' needs a noise scale of site '{obs}' that does not depend on "
+            f"'{site}'; use method='dps' or 'tds'"
+        )
+    return LinearGaussian(A, scale[0], b), obs
