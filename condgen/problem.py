@@ -325,6 +325,37 @@ class Problem:
                 total = total + log_prob.reshape(*log_prob.shape[:start], -1).sum(-1)
         return total
 
+    def likelihood_terms(self, values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        r"""Evaluates :math:`\log p(y \mid x)` and the norm of the standardised (Pearson)
+        residual :math:`\|(y - E[y \mid x]) / \mathrm{sd}[y \mid x]\|` in one pass.
+
+        For a Gaussian observation the residual norm is :math:`\|y - A x\| / \sigma`; for
+        Poisson counts :math:`\|(y - \lambda) / \sqrt\lambda\|`.
+
+        Returns:
+            Both, shaped ``[num_particles]``; differentiable in the values.
+
+        Raises:
+            ValueError: If an observed site's distribution has no mean or variance.
+        """
+        num_particles = self._num_particles(values)
+        trace = self._vectorized_trace(num_particles, values, self.observed_sites)
+        squares = torch.zeros(num_particles, device=self.device, dtype=self.dtype)
+        for name in self.observed_sites:
+            site = trace.nodes[name]
+            try:
+                residual = (site["value"] - site["fn"].mean) / site["fn"].stddev
+            except NotImplementedError:
+                raise ValueError(
+                    f"the distribution of site '{name}' has no mean or variance, so its "
+                    "residual is undefined; use a method that needs only the likelihood "
+                    "(e.g. 'tds')"
+                ) from None
+            residual = residual.expand(site["fn"].batch_shape + site["fn"].event_shape)
+            squares = squares + residual.reshape(num_particles, -1).pow(2).sum(-1)
+        log_lik = self._sum_log_prob(trace, self.observed_sites, num_particles)
+        return log_lik, squares.sqrt()
+
     def pointwise_log_likelihood(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         r"""Evaluates :math:`\log p(y_j \mid x)` per observed site and per observation.
 

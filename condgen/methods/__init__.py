@@ -1,6 +1,19 @@
 r"""Conditioning methods, registered by name: ``condgen.methods.available()`` lists them."""
 
-__all__ = ["NUTS", "SVI", "Importance", "Method", "available", "get", "register"]
+__all__ = [
+    "CFG",
+    "DPS",
+    "NUTS",
+    "SVI",
+    "ClassifierGuidance",
+    "Importance",
+    "Method",
+    "PiGDM",
+    "available",
+    "get",
+    "register",
+]
 
 from .base import Method, available, get, register
 from .bayesian import NUTS, SVI, Importance
+from .guidance import CFG, DPS, ClassifierGuidance, PiGDM

@@ -1,0 +1,190 @@
+r"""Shared machinery of the methods that sample along a neural prior's Gaussian path."""
+
+from __future__ import annotations
+
+__all__ = ["GuidedSampler", "PathMethod", "PathSetup", "ancestral_step"]
+
+import abc
+import itertools
+import math
+from dataclasses import dataclass
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..posterior import Posterior
+from ..priors.path import PathPrior
+from ..priors.samplers import time_grid
+from ..problem import Problem
+from .base import Method
+
+
+@dataclass
+class PathSetup:
+    r"""What a path method needs from a problem: the neural site and its prior."""
+
+    problem: Problem
+    site: str
+    prior: PathPrior
+    shape: torch.Size  # the site's shape, batch (plate) dimensions included
+
+    def log_likelihood(self, x0: Tensor) -> Tensor:
+        r""":math:`\log p(y \mid x)` from the Pyro model, per particle; differentiable in x."""
+        return self.problem.log_likelihood({self.site: x0})
+
+
+def _base(fn: dist.Distribution) -> dist.Distribution:
+    while isinstance(fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+def ancestral_step(
+    x_t: Tensor, x0: Tensor, alpha_t, sigma_t, alpha_s, sigma_s, eta: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    r"""The DDIM update from :math:`t` to :math:`s < t` given a denoised estimate :math:`x_0`.
+
+    .. math:: x_s = \alpha_s x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \quad
+        \hat\epsilon = (x_t - \alpha_t x_0) / \sigma_t,
+
+    with :math:`c^2 = \eta^2 \mathrm{Var}[x_s \mid x_t, x_0]`; ``eta=1`` is the ancestral
+    (DDPM) kernel :math:`p(x_s \mid x_t)`.
+
+    Returns:
+        The mean of :math:`x_s` and its standard deviation :math:`c`.
+    """
+    eps = (x_t - alpha_t * x0) / sigma_t
+    var = eta**2 * (sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2) * sigma_s**2 / sigma_t**2
+    var = var.clamp(min=0.0)
+    mean = alpha_s * x0 + (sigma_s**2 - var).clamp(min=0.0).sqrt() * eps
+    return mean, var.sqrt()
+
+
+class PathMethod(Method):
+    r"""Base of the methods that integrate a path prior from noise to data, guided or
+    weighted by the observations.
+
+    The model must have one latent site, whose distribution is a condgen path prior
+    (:class:`~condgen.priors.DiffusionPrior`, :class:`~condgen.priors.FlowMatchingPrior` or
+    :class:`~condgen.priors.GaussianMixturePrior`); other latent sites are an error naming them
+    (use ``"nuts"``). Draws are made in batches of ``batch_size`` particles, so memory stays
+    bounded; a step that produces non-finite values stops with an error naming the method,
+    the step and the option to change.
+
+    Arguments:
+        steps: The number of steps from :math:`t = 1` to :math:`t_\text{min}`.
+        batch_size: Particles processed at once.
+    """
+
+    #: The option to change when a step produces non-finite values.
+    unstable_option = "steps"
+
+    def __init__(self, steps: int = 100, batch_size: int = 1024):
+        if steps < 1 or batch_size < 1:
+            raise ValueError("steps and batch_size must be positive integers")
+        self.steps, self.batch_size = steps, batch_size
+
+    def setup(self, problem: Problem) -> PathSetup:
+        r"""Finds the neural site and its path prior, or raises a clear error."""
+        neural = [n for n, s in problem.latent_sites.items() if s.neural]
+        others = [n for n, s in problem.latent_sites.items() if not s.neural]
+        if not neural:
+            raise ValueError(
+                f"method '{self.name}' needs a latent site with a condgen path prior "
+                f"(DiffusionPrior, FlowMatchingPrior, GaussianMixturePrior); the latent sites "
+                f"{list(problem.latent_sites)} have none; use method='nuts'"
+            )
+        if others or len(neural) > 1:
+            extra = others or neural[1:]
+            raise ValueError(
+                f"method '{self.name}' conditions one neural site, but the model also has the "
+                f"latent sites {extra}; use method='nuts', which samples all sites jointly"
+            )
+        site = problem.latent_sites[neural[0]]
+        prior = _base(site.distribution)
+        if not isinstance(prior, PathPrior):
+            raise ValueError(
+                f"method '{self.name}' needs a path prior (with denoise) at site '{site.name}', "
+                f"got {type(prior).__name__}; use method='nuts' for priors with a log_prob"
+            )
+        return PathSetup(problem, site.name, prior, site.shape)
+
+    def grid(self, setup: PathSetup) -> Tensor:
+        problem = setup.problem
+        return time_grid(
+            setup.prior.schedule, self.steps, device=problem.device, dtype=problem.dtype
+        )
+
+    def initial(self, setup: PathSetup, num_particles: int) -> Tensor:
+        r""":math:`x_1 \sim \mathcal{N}(0, \sigma_1^2 I)`."""
+        problem = setup.problem
+        one = torch.ones((), device=problem.device, dtype=problem.dtype)
+        _, sigma = setup.prior.schedule(one)
+        x = torch.randn(num_particles, *setup.shape, device=problem.device, dtype=problem.dtype)
+        return sigma * x
+
+    def check_finite(self, x: Tensor, step: int, t: Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"method '{self.name}' produced non-finite values at step {step} "
+                f"(t={float(t):.4f}); change the option '{self.unstable_option}' (now "
+                f"{getattr(self, self.unstable_option)!r}) or check the likelihood at that point"
+            )
+
+    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
+        setup = self.setup(problem)
+        nfe_before = setup.prior.nfe
+        batches = [
+            min(self.batch_size, num_samples - i) for i in range(0, num_samples, self.batch_size)
+        ]
+        draws = []
+        with tqdm(total=self.steps * len(batches), desc=self.name, disable=not progress) as bar:
+            for n in batches:
+                draws.append(self.sample_batch(setup, n, bar))
+        x = torch.cat(draws).detach()
+        nfe = (setup.prior.nfe - nfe_before) / len(batches)
+        return Posterior(
+            problem,
+            {setup.site: x.unsqueeze(0)},
+            stats={"nfe": math.ceil(nfe), **self.extra_stats()},
+            method=self.name,
+        )
+
+    def extra_stats(self) -> dict:
+        return {}
+
+    @abc.abstractmethod
+    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
+        r"""Draws ``num_particles`` particles, shaped ``[num_particles, *site.shape]``."""
+
+
+class GuidedSampler(PathMethod):
+    r"""A sampler whose denoised estimate is corrected by guidance at every step, then moved
+    with the DDIM update (``eta=1``: ancestral; ``eta=0``: deterministic).
+
+    Subclasses implement :meth:`guided_denoise`; a score guidance
+    :math:`g = \nabla_{x_t} \log \tilde p(y \mid x_t)` enters through Tweedie's formula as
+    :math:`D' = D + (\sigma_t^2 / \alpha_t)\, g`.
+    """
+
+    def __init__(self, steps: int = 100, eta: float = 1.0, batch_size: int = 1024):
+        super().__init__(steps=steps, batch_size=batch_size)
+        self.eta = eta
+
+    @abc.abstractmethod
+    def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
+        r"""The guided denoised estimate :math:`D'(x_t, t)`, detached."""
+
+    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
+        schedule = setup.prior.schedule
+        grid = self.grid(setup)
+        x = self.initial(setup, num_particles)
+        for i, (t, s) in enumerate(itertools.pairwise(grid)):
+            x0 = self.guided_denoise(setup, x, t)
+            mean, std = ancestral_step(x, x0, *schedule(t), *schedule(s), eta=self.eta)
+            x = mean + std * torch.randn_like(mean)
+            self.check_finite(x, i, t)
+            bar.update()
+        return self.guided_denoise(setup, x, grid[-1])
