@@ -94,13 +94,12 @@ def condition(
     method = methods.get(method, **options)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if isinstance(model, Problem):
-        if data or args or kwargs:
-            raise ValueError("data, args and kwargs are already part of the given Problem")
-        problem = model
-    else:
-        problem = Problem(model, data, args, kwargs)
-    with seeded(seed, problem.device):
+    if isinstance(model, Problem) and (data or args or kwargs):
+        raise ValueError("data, args and kwargs are already part of the given Problem")
+    devices = [v.device for v in (data or {}).values() if isinstance(v, torch.Tensor)]
+    with seeded(seed, model.device if isinstance(model, Problem) else (devices or ["cpu"])[0]):
+        # tracing the model draws from its prior: it belongs inside the seeded block
+        problem = model if isinstance(model, Problem) else Problem(model, data, args, kwargs)
         start = time.perf_counter()
         posterior = method.run(problem, num_samples=num_samples, progress=progress)
         posterior.stats["time_s"] = time.perf_counter() - start

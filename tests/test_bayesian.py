@@ -52,19 +52,6 @@ PRIOR_PARTICLES = {"normal-normal": 100_000, "linear-regression": 400_000}
 # --------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    r"""Runs this module's small models on one torch thread.
-
-    Their tensors are tiny, so intra-op threads only contend: under ``pytest -n 2`` on two
-    cores, SVI took about ten times more CPU time with two threads per worker than with one.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _exact_moments(task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Mean, sd and kurtosis (non-excess) of each coordinate of the task's exact posterior."""
     (posterior,) = task.posterior().values()
@@ -512,11 +499,6 @@ def test_seed_reproducibility(config):
         assert torch.equal(first.log_weights, again.log_weights)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="condgen bug: condition() builds the Problem (tracing the model draws from the "
-    "prior with the global torch generator) before entering seeded(), conditioning.py:102",
-)
 @pytest.mark.filterwarnings("ignore:Pareto k-hat")
 @pytest.mark.parametrize("config", list(SMALL_CONFIGS))
 def test_seed_leaves_global_rng_state(config):
