@@ -5,6 +5,7 @@ __all__ = [
     "DPS",
     "NUTS",
     "SVI",
+    "TDS",
     "ClassifierGuidance",
     "Importance",
     "Method",
@@ -17,3 +18,4 @@ __all__ = [
 from .base import Method, available, get, register
 from .bayesian import NUTS, SVI, Importance
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
+from .smc import TDS
