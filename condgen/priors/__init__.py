@@ -5,6 +5,7 @@ __all__ = [
     "CosineSchedule",
     "DiffusionPrior",
     "FlowMatchingPrior",
+    "FlowPrior",
     "GaussianMixturePrior",
     "PathPrior",
     "Prior",
@@ -15,6 +16,7 @@ __all__ = [
 ]
 
 from .base import Prior
+from .flow import FlowPrior
 from .mixture import GaussianMixturePrior
 from .path import DiffusionPrior, FlowMatchingPrior, PathPrior
 from .schedules import CosineSchedule, RectifiedSchedule, Schedule, VESchedule, VPSchedule
