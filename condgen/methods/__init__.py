@@ -8,6 +8,7 @@ __all__ = [
     "TDS",
     "ClassifierGuidance",
     "Importance",
+    "Langevin",
     "Method",
     "PiGDM",
     "available",
@@ -18,4 +19,5 @@ __all__ = [
 from .base import Method, available, get, register
 from .bayesian import NUTS, SVI, Importance
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
+from .langevin import Langevin
 from .smc import TDS
