@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = ["Prior"]
 
+import os
+
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
@@ -29,6 +31,13 @@ class Prior(dist.TorchDistribution):
     @property
     def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, len(self.event_shape))
+
+    def save(self, path: str | os.PathLike) -> None:
+        r"""Saves the prior to ``path``, atomically and without pickling code; read it back
+        with :func:`condgen.priors.load` (see :func:`condgen.priors.io.save_prior`)."""
+        from .io import save_prior  # io imports every prior class
+
+        save_prior(self, path)
 
     def _check_event(self, x: torch.Tensor, name: str = "x") -> None:
         n = len(self.event_shape)

@@ -1,0 +1,415 @@
+r"""Saving and loading priors without pickling code.
+
+A prior file is written by :func:`torch.save` and holds only plain data and tensors:
+
+.. code-block:: python
+
+    {
+        "format": "condgen-prior",
+        "version": 1,
+        "class": "DiffusionPrior",  # the prior's class name
+        "config": {...},  # constructor arguments: str, int, float, bool, None, lists, dicts
+        "state_dict": {...},  # tensors: the network's weights, a bound context, ...
+    }
+
+:func:`load` reads it with ``torch.load(weights_only=True)``, which refuses any pickled
+class or function, and rebuilds the prior from its configuration: schedules through
+:meth:`Schedule.config` and :func:`~condgen.priors.schedules.build_schedule`, networks of
+:mod:`condgen.priors.nets` through their ``config`` and the registry
+:data:`~condgen.priors.nets.NETS`, zuko flows made by :meth:`FlowPrior.build` through
+their configuration. A network condgen cannot rebuild (a user's own module) is saved as
+weights only, and loading needs an instance of it: ``load(path, network=module)``.
+
+Example:
+    >>> prior.save("prior.pt")
+    >>> prior = condgen.priors.load("prior.pt")
+    >>> prior = condgen.priors.load("custom.pt", network=MyNet(...))
+"""
+
+from __future__ import annotations
+
+__all__ = ["FORMAT", "VERSION", "load", "save_prior"]
+
+import contextlib
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import torch
+from torch import Tensor, nn
+
+from .base import Prior
+from .flow import FLOWS, FlowPrior, build_flow
+from .mixture import GaussianMixturePrior
+from .nets import NETS
+from .path import DiffusionPrior, FlowMatchingPrior, PathPrior
+from .schedules import SCHEDULES, Schedule, build_schedule
+
+FORMAT = "condgen-prior"
+VERSION = 1
+
+PathLike = str | os.PathLike
+
+
+# ------------------------------------------------------------------------------ plain data
+
+
+def _check_plain(value: Any, where: str) -> None:
+    r"""Raises a TypeError unless ``value`` is plain data that ``weights_only`` loading
+    accepts: None, bool, int, float, str, and lists, tuples and str-keyed dicts of them."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"cannot save {where}: its key {key!r} is not a string")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"cannot save {where} = {value!r} of type {type(value).__name__}: a saved "
+        f"configuration holds only plain values (numbers, strings, lists, dicts)"
+    )
+
+
+def _schedule_config(schedule: Schedule) -> dict[str, Any]:
+    name = type(schedule).__name__
+    if SCHEDULES.get(name) is not type(schedule):
+        raise TypeError(
+            f"cannot save the schedule {schedule!r}: only condgen's schedules "
+            f"{sorted(SCHEDULES)} can be rebuilt when loading"
+        )
+    return schedule.config()
+
+
+def _qualname(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{key}": value for key, value in state.items()}
+
+
+def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    n = len(prefix) + 1
+    return {key[n:]: value for key, value in state.items() if key.startswith(prefix + ".")}
+
+
+# -------------------------------------------------------------------------------- networks
+
+
+def _module_entry(
+    module: Any, registry: Mapping[str, Any], config: dict[str, Any] | None, key: str
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    r"""The saved description of a network (or flow) and its weights: the registry name and
+    configuration when ``registry[key]`` rebuilds it, else its class name only."""
+    state = module.state_dict() if isinstance(module, nn.Module) else {}
+    if config is not None and registry.get(key) is type(module):
+        _check_plain(config, f"the configuration of {type(module).__name__}")
+        return {"name": key, "config": config}, dict(state)
+    return {"name": None, "class": _qualname(module)}, dict(state)
+
+
+def _rebuild_module(
+    entry: Mapping[str, Any],
+    state: dict[str, Tensor],
+    network: Any,
+    build: Callable[[str, dict[str, Any]], Any],
+    path: str,
+) -> Any:
+    r"""The network of a saved prior: ``network`` if given, else rebuilt by ``build`` from
+    its registry name and configuration; the saved weights are then assigned to it."""
+    if network is None:
+        if entry.get("name") is None:
+            raise ValueError(
+                f"{path} holds the weights of a network that condgen cannot rebuild "
+                f"({entry.get('class')}): pass an instance to load them into, "
+                f"condgen.priors.load(path, network=...)"
+            )
+        network = build(entry["name"], dict(entry["config"]))
+    if isinstance(network, nn.Module):
+        try:
+            network.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the network ({type(network).__name__}) does not match the weights saved in "
+                f"{path}: {error}"
+            ) from None
+    elif state:
+        raise ValueError(
+            f"{path} holds network weights, but the network given is not an nn.Module"
+        )
+    return network
+
+
+def _build_net(name: str, config: dict[str, Any]) -> nn.Module:
+    if name not in NETS:
+        raise ValueError(f"unknown network {name!r}; known networks are {sorted(NETS)}")
+    return NETS[name](**config)
+
+
+def _build_flow(name: str, config: dict[str, Any]) -> nn.Module:
+    if name not in FLOWS:
+        raise ValueError(f"unknown flow {name!r}; known flows are {sorted(FLOWS)}")
+    return build_flow({**config, "flow": name})
+
+
+# ---------------------------------------------------------------------- priors to and from
+
+
+def _context_state(prior: Any) -> dict[str, Tensor]:
+    context = getattr(prior, "context", None)
+    return {} if context is None else {"context": context.detach().clone()}
+
+
+def _encode_mixture(prior: GaussianMixturePrior) -> tuple[dict, dict]:
+    config = {
+        "schedule": _schedule_config(prior.schedule),
+        "sampler": prior.sampler,
+        "steps": prior.steps,
+        "exact_divergence": prior.exact_divergence,
+    }
+    state = {k: getattr(prior, k).detach().clone() for k in ("weights", "means", "covs")}
+    return config, state
+
+
+def _decode_mixture(config: dict, state: dict, network: Any, path: str) -> GaussianMixturePrior:
+    prior = GaussianMixturePrior(
+        state["weights"],
+        state["means"],
+        state["covs"],
+        schedule=build_schedule(config["schedule"]),
+        sampler=config["sampler"],
+        steps=config["steps"],
+    )
+    prior.exact_divergence = config["exact_divergence"]
+    return prior
+
+
+def _encode_path(prior: DiffusionPrior) -> tuple[dict, dict]:
+    net = prior.network
+    entry, weights = _module_entry(net, NETS, getattr(net, "config", None), type(net).__name__)
+    config = {
+        "event_shape": list(prior.event_shape),
+        "sampler": prior.sampler,
+        "steps": prior.steps,
+        "exact_divergence": prior.exact_divergence,
+        "network": entry,
+    }
+    if type(prior) is DiffusionPrior:
+        config["schedule"] = _schedule_config(prior.schedule)
+        config["prediction"] = prior.prediction
+    return config, {**_prefixed("network", weights), **_context_state(prior)}
+
+
+def _decode_path(config: dict, state: dict, network: Any, path: str, cls: type) -> PathPrior:
+    net = _rebuild_module(
+        config["network"], _unprefixed("network", state), network, _build_net, path
+    )
+    options = {
+        "event_shape": tuple(config["event_shape"]),
+        "context": state.get("context"),
+        "sampler": config["sampler"],
+        "steps": config["steps"],
+        "exact_divergence": config["exact_divergence"],
+    }
+    if cls is DiffusionPrior:
+        options["schedule"] = build_schedule(config["schedule"])
+        options["prediction"] = config["prediction"]
+    return cls(net, **options)
+
+
+def _encode_flow(prior: FlowPrior) -> tuple[dict, dict]:
+    config = prior.config
+    name = None if config is None else config.get("flow")
+    if config is not None:
+        config = {k: v for k, v in config.items() if k != "flow"}
+    entry, weights = _module_entry(prior.flow, FLOWS, config, name)
+    config = {"event_shape": list(prior.event_shape), "flow": entry}
+    return config, {**_prefixed("flow", weights), **_context_state(prior)}
+
+
+def _decode_flow(config: dict, state: dict, network: Any, path: str) -> FlowPrior:
+    flow = _rebuild_module(config["flow"], _unprefixed("flow", state), network, _build_flow, path)
+    return FlowPrior(flow, context=state.get("context"), event_shape=config["event_shape"])
+
+
+_ENCODERS: dict[type, Callable[[Any], tuple[dict, dict]]] = {
+    GaussianMixturePrior: _encode_mixture,
+    DiffusionPrior: _encode_path,
+    FlowMatchingPrior: _encode_path,
+    FlowPrior: _encode_flow,
+}
+
+_DECODERS: dict[str, Callable[[dict, dict, Any, str], Prior]] = {
+    "GaussianMixturePrior": _decode_mixture,
+    "DiffusionPrior": lambda *args: _decode_path(*args, cls=DiffusionPrior),
+    "FlowMatchingPrior": lambda *args: _decode_path(*args, cls=FlowMatchingPrior),
+    "FlowPrior": _decode_flow,
+}
+
+
+# ------------------------------------------------------------------------------ save, load
+
+
+def _file_mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def save_prior(prior: Prior, path: PathLike) -> None:
+    r"""Saves a prior to a file that :func:`load` reads back, atomically: the file is written
+    next to ``path`` under a temporary name, then renamed, so that ``path`` always holds
+    either the old file or the complete new one.
+
+    Arguments:
+        prior: A :class:`GaussianMixturePrior`, :class:`DiffusionPrior`,
+            :class:`FlowMatchingPrior` or :class:`FlowPrior` (a bound context is saved too).
+        path: The file to write.
+
+    Raises:
+        TypeError: For other priors, custom schedules, or configurations that are not plain
+            data.
+
+    Example:
+        >>> prior.save("prior.pt")  # the same as save_prior(prior, "prior.pt")
+    """
+    encode = _ENCODERS.get(type(prior))
+    if encode is None:
+        raise TypeError(
+            f"cannot save a {type(prior).__name__}: save_prior supports "
+            f"{sorted(cls.__name__ for cls in _ENCODERS)}"
+        )
+    config, state = encode(prior)
+    _check_plain(config, f"the configuration of {type(prior).__name__}")
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class": type(prior).__name__,
+        "config": config,
+        "state_dict": state,
+    }
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mode = _file_mode(path)
+    fd, temporary = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(document, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _read(file: BinaryIO, path: str, map_location: Any) -> Any:
+    r"""The object in a torch file, after checking that it is a complete zip archive (as
+    :func:`torch.save` writes) whose members match their CRC-32 checksums."""
+    not_ours = f"{path} is not a condgen prior file"
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"{not_ours} (not a torch archive), or it is truncated")
+    try:
+        file.seek(0)
+        damaged = zipfile.ZipFile(file).testzip()
+    except Exception as error:
+        raise ValueError(f"{path} is corrupted ({type(error).__name__}: {error})") from None
+    if damaged is not None:
+        raise ValueError(f"{path} is corrupted: its member {damaged!r} fails its CRC-32 check")
+    file.seek(0)
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{not_ours}: it holds pickled objects other than tensors and plain data, which "
+            f"condgen refuses to load (they could run code)"
+        ) from None
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"{not_ours}, or it is corrupted ({type(error).__name__}: {reason})"
+        ) from None
+
+
+def load(
+    path: PathLike,
+    network: nn.Module | Callable | None = None,
+    map_location: str | torch.device | None = None,
+) -> Prior:
+    r"""Loads a prior saved by :meth:`Prior.save` (or :func:`save_prior`).
+
+    The file is read with ``torch.load(weights_only=True)``: it can hold tensors and plain
+    data only, so loading never runs code from the file. Its zip members are checked against
+    their CRC-32 checksums first, so that a damaged file is refused rather than loaded with
+    wrong weights. The weights are assigned to the
+    network as saved (same dtype; device per ``map_location``).
+
+    Arguments:
+        path: The file.
+        network: The network (or zuko flow) to load the saved weights into; required when the
+            prior's network is not one condgen can rebuild from its configuration (a user's
+            own module), else it replaces the rebuilt one.
+        map_location: Where to put the tensors, as in :func:`torch.load`, e.g. ``"cpu"``.
+
+    Returns:
+        The prior, of the saved class.
+
+    Raises:
+        ValueError: If the file is not a condgen prior file (another torch file, a text
+            file, a pickle of other objects), is truncated or corrupted, was written by a
+            newer format version, names an unknown class, or needs ``network``.
+
+    Example:
+        >>> prior = condgen.priors.load("prior.pt", map_location="cpu")
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as file:  # missing files and permissions raise OSError as usual
+        document = _read(file, path, map_location)
+
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a condgen prior file: it has no 'format': {FORMAT!r} entry "
+            f"(save priors with prior.save(path))"
+        )
+    version = document.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path} has an invalid format version {version!r}")
+    if version > VERSION:
+        raise ValueError(
+            f"{path} has format version {version}, newer than this condgen reads "
+            f"({VERSION}): upgrade condgen"
+        )
+    name = document.get("class")
+    if name not in _DECODERS:
+        raise ValueError(
+            f"{path} holds an unknown prior class {name!r}; known classes are {sorted(_DECODERS)}"
+        )
+    config, state = document.get("config"), document.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ValueError(f"{path} is malformed: 'config' and 'state_dict' must be dicts")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ValueError(f"{path} is malformed: 'state_dict' must map names to tensors")
+    try:
+        return _DECODERS[name](config, state, network, path)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(
+            f"{path} is malformed: its {name} entry is incomplete or invalid "
+            f"({type(error).__name__}: {error})"
+        ) from None
