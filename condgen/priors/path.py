@@ -17,6 +17,7 @@ from zuko.utils import odeint
 from .base import Prior
 from .samplers import sample_path
 from .schedules import RectifiedSchedule, Schedule, VPSchedule, build_schedule
+from .training import fit_path_prior
 
 PREDICTIONS = ("denoiser", "noise", "velocity")
 
@@ -309,6 +310,39 @@ class DiffusionPrior(PathPrior):
         if self.prediction == "velocity":
             return self.schedule.denoiser_from_velocity(x_t, output, t, self.event_dim)
         return output
+
+    def fit(self, data: Tensor, **options: Any) -> list[float]:
+        r"""Trains the network on samples of the data distribution by denoising score matching
+        (see :func:`~condgen.priors.training.fit_path_prior`).
+
+        Each step draws :math:`t \sim \mathcal{U}(t_\text{min}, 1)` and
+        :math:`\epsilon \sim \mathcal{N}(0, I)`, forms :math:`x_t = \alpha_t x + \sigma_t
+        \epsilon` and regresses the raw network output on the target of its parametrisation:
+        :math:`x` with the weight :math:`1 + \min(\alpha_t^2/\sigma_t^2, 100)` for the denoiser,
+        :math:`\epsilon` for the noise, :math:`\dot\alpha_t x + \dot\sigma_t \epsilon`
+        (:math:`\epsilon - x` for flow matching) for the velocity. At the end, the network
+        holds the exponential moving average of its weights.
+
+        Arguments:
+            data: Samples shaped ``[N, *event_shape]``; the network moves to their device and
+                dtype.
+            options: Keyword options of
+                :func:`~condgen.priors.training.fit_path_prior`: ``context`` (one row per
+                sample) and ``context_dropout`` for a conditional prior, ``steps``,
+                ``batch_size``, ``lr``, ``weight_decay``, ``ema``, ``clip``, ``progress``,
+                ``generator``.
+
+        Returns:
+            The loss of every step.
+
+        Example:
+            >>> prior = DiffusionPrior(MLP(2), event_shape=(2,))
+            >>> losses = prior.fit(data, steps=5000)
+            >>> conditional = FlowMatchingPrior(MLP(2, context=3), event_shape=(2,))
+            >>> conditional.fit(data, context=labels, context_dropout=0.1)
+            >>> conditional.given(labels[0]).sample((100,))
+        """
+        return fit_path_prior(self, data, **options)
 
     def given(self, context: Tensor) -> DiffusionPrior:
         r"""The conditional prior :math:`p(x \mid c)` as a distribution sharing the network.

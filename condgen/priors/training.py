@@ -1,0 +1,270 @@
+r"""Training of path priors (diffusion and flow matching) by denoising score matching."""
+
+from __future__ import annotations
+
+__all__ = ["SNR_CLIP", "fit_path_prior"]
+
+import inspect
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .path import DiffusionPrior
+
+SNR_CLIP = 100.0
+r"""The clip :math:`\gamma` of the signal-to-noise ratio :math:`\alpha_t^2 / \sigma_t^2` in the
+weight :math:`1 + \min(\mathrm{SNR}_t, \gamma)` of the denoiser loss (see
+:func:`fit_path_prior`)."""
+
+
+def _accepts_drop(network: nn.Module) -> bool:
+    try:
+        parameters = inspect.signature(network.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "drop" and p.kind is not p.VAR_POSITIONAL for p in parameters)
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if x.is_floating_point() or x.is_complex():
+        bad = x.numel() - int(torch.isfinite(x).sum())
+        if bad:
+            raise ValueError(
+                f"{name} has {bad} NaN or infinite entries (of {x.numel()}); remove or impute "
+                f"them before training"
+            )
+
+
+def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
+    r"""Scales the gradients so that their global norm is at most ``max_norm``; the same as
+    ``nn.utils.clip_grad_norm_`` for parameters on one device and dtype, without its grouping
+    overhead."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+
+
+def fit_path_prior(
+    prior: DiffusionPrior,
+    data: Tensor,
+    *,
+    context: Tensor | None = None,
+    context_dropout: float = 0.0,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    ema: float | None = 0.999,
+    clip: float | None = 1.0,
+    progress: bool = True,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    r"""Trains the network of a path prior on samples of the data distribution.
+
+    Each step draws a minibatch :math:`x` (with replacement), times
+    :math:`t \sim \mathcal{U}(t_\text{min}, 1)`, noise :math:`\epsilon \sim \mathcal{N}(0, I)`
+    and forms :math:`x_t = \alpha_t x + \sigma_t \epsilon`. The raw network output
+    :math:`f(x_t, t)` is regressed on the target of its own parametrisation (so that the loss
+    never divides by a small :math:`\sigma_t`), averaged over the event's coordinates:
+
+    * ``prediction="denoiser"``: :math:`w_t \|f - x\|^2` with
+      :math:`w_t = 1 + \min(\alpha_t^2 / \sigma_t^2, \gamma)`, :math:`\gamma` = :data:`SNR_CLIP`
+      = 100. This is the weighting of EDM for unit-variance data, :math:`1 + \mathrm{SNR}_t`,
+      which keeps the loss of the Bayes denoiser :math:`O(1)` at every :math:`t` (its error
+      is about :math:`\sigma_t^2 / \alpha_t^2` per coordinate at low noise), with the
+      signal-to-noise ratio clipped as in Min-SNR-:math:`\gamma`, so that the lowest noise
+      levels, where an untrained network errs by :math:`O(1)`, do not swamp the gradient.
+      The low-noise weight matters: the network must reproduce its input there to within
+      :math:`\sigma_t / \alpha_t`, and its error there blurs every draw. On two moons,
+      :math:`\gamma = 100` gave better draws than 5 (Min-SNR's value) and than no clip;
+    * ``prediction="noise"``: :math:`\|f - \epsilon\|^2`, i.e. the denoiser loss weighted by
+      :math:`\alpha_t^2 / \sigma_t^2`;
+    * ``prediction="velocity"``: :math:`\|f - (\dot\alpha_t x + \dot\sigma_t \epsilon)\|^2`,
+      the conditional flow-matching loss (target :math:`\epsilon - x` on the rectified path),
+      i.e. the denoiser loss weighted by :math:`(\dot\sigma_t \alpha_t - \sigma_t
+      \dot\alpha_t)^2 / \sigma_t^2`.
+
+    Times are uniform in :math:`t` for every schedule; for :class:`VESchedule` this is
+    log-uniform in :math:`\sigma`. The data should be roughly standardised, as the schedules
+    assume.
+
+    The optimiser is AdamW (its fused kernel where the device has one) with gradient-norm
+    clipping. An exponential moving average (EMA) of
+    the weights, with decay :math:`\min(\beta, (1 + k) / (10 + k))` at step :math:`k` (a warm-up
+    that forgets the initial weights), is copied into the network at the end. The network is
+    moved to the device and dtype of ``data``.
+
+    Conditional priors take a ``context`` per data item; with probability ``context_dropout``
+    an item's context is dropped, so that the same network learns :math:`p(x)` alongside
+    :math:`p(x \mid c)` (classifier-free guidance). Networks whose ``forward`` accepts a
+    ``drop`` keyword (as :class:`~condgen.priors.nets.MLP` and
+    :class:`~condgen.priors.nets.UNet`) get a boolean mask, ``drop=mask`` (True: use no
+    context); any other network is called twice a step, with ``context`` for the kept items
+    and without it, ``network(x_t, t)``, for the dropped ones.
+
+    Arguments:
+        prior: A :class:`~condgen.priors.DiffusionPrior` (or
+            :class:`~condgen.priors.FlowMatchingPrior`) whose network is an ``nn.Module``.
+        data: Samples shaped ``[N, *event_shape]``.
+        context: Contexts shaped ``[N, ...]``, one per sample, for a conditional prior.
+        context_dropout: The probability of dropping an item's context.
+        steps: The number of optimisation steps.
+        batch_size: The minibatch size.
+        lr: The learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        ema: The EMA decay :math:`\beta`; 0 or None keeps the raw weights.
+        clip: The maximum gradient norm; None does not clip.
+        progress: Whether to show a progress bar with the loss.
+        generator: A random generator on the device of ``data``, for reproducible training.
+
+    Returns:
+        The loss of every step.
+
+    Raises:
+        ValueError: For data or contexts with NaN/inf entries or wrong shapes, or invalid
+            options.
+        FloatingPointError: When the loss becomes NaN or infinite; the network keeps the
+            weights of that step.
+
+    Example:
+        >>> prior = DiffusionPrior(MLP(2), event_shape=(2,))
+        >>> losses = fit_path_prior(prior, data, steps=5000, progress=False)
+        >>> prior.sample((1000,))
+
+    References:
+        | Elucidating the Design Space of Diffusion-Based Generative Models (Karras et al., 2022)
+        | https://arxiv.org/abs/2206.00364
+
+        | Efficient Diffusion Training via Min-SNR Weighting Strategy (Hang et al., 2023)
+        | https://arxiv.org/abs/2303.09556
+
+        | Classifier-Free Diffusion Guidance (Ho et al., 2022)
+        | https://arxiv.org/abs/2207.12598
+    """
+    network = getattr(prior, "network", None)
+    if not isinstance(network, nn.Module):
+        raise TypeError(
+            f"training needs the prior's network to be an nn.Module, got {type(network)}"
+        )
+    params = [p for p in network.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the prior's network has no trainable parameters")
+    if not isinstance(data, Tensor) or not data.is_floating_point():
+        raise ValueError("data must be a floating-point tensor shaped [N, *event_shape]")
+    event_shape = tuple(prior.event_shape)
+    if data.dim() != len(event_shape) + 1 or tuple(data.shape[1:]) != event_shape:
+        raise ValueError(
+            f"data has shape {tuple(data.shape)}, but this prior expects [N, *event_shape] = "
+            f"[N, {', '.join(map(str, event_shape))}]"
+        )
+    if len(data) == 0:
+        raise ValueError("data is empty")
+    _check_finite("data", data)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    if not 0.0 <= context_dropout <= 1.0:
+        raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
+    ema = ema or 0.0
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    device, dtype = data.device, data.dtype
+    if context is not None:
+        context = torch.as_tensor(context, device=device)
+        if context.dim() == 0 or len(context) != len(data):
+            raise ValueError(
+                f"context has shape {tuple(context.shape)}, but needs one row per data item "
+                f"({len(data)})"
+            )
+        _check_finite("context", context)
+        if context.is_floating_point():
+            context = context.to(dtype)
+    elif context_dropout > 0:
+        raise ValueError("context_dropout needs a context (one per data item)")
+
+    network.to(device=device, dtype=dtype)
+    schedule, prediction, event_dim = prior.schedule, prior.prediction, len(event_shape)
+    t_min = max(schedule.t_min, 1e-5)
+    accepts_drop = context is not None and _accepts_drop(network)
+    try:  # the fused kernel is 2-3 times faster than the default one on CPU
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    averages = [p.detach().clone() for p in params] if ema > 0 else None
+    was_training = network.training
+    network.train()
+
+    def forward(x_t: Tensor, t: Tensor, c: Tensor | None, drop: Tensor | None) -> Tensor:
+        if c is None:
+            return network(x_t, t)
+        if drop is None:
+            return network(x_t, t, c)
+        if accepts_drop:
+            return network(x_t, t, c, drop=drop)
+        # The batch is i.i.d., so dropping its last items is dropping items at random.
+        kept = len(drop) - int(drop.sum())
+        outputs = []
+        if kept > 0:
+            outputs.append(network(x_t[:kept], t[:kept], c[:kept]))
+        if kept < len(drop):
+            outputs.append(network(x_t[kept:], t[kept:]))
+        return torch.cat(outputs)
+
+    def options(**kwargs):
+        return {"generator": generator, "device": device, **kwargs}
+
+    history: list[float] = []
+    try:
+        with tqdm(range(steps), disable=not progress, desc="fit", unit="step") as bar:
+            for step in bar:
+                index = torch.randint(len(data), (batch_size,), **options())
+                x = data[index]
+                t = t_min + (1 - t_min) * torch.rand(batch_size, **options(dtype=dtype))
+                eps = torch.randn(x.shape, **options(dtype=dtype))
+                shape = (batch_size,) + (1,) * event_dim
+                alpha, sigma = (v.reshape(shape) for v in schedule(t))
+                x_t = alpha * x + sigma * eps
+                c = drop = None
+                if context is not None:
+                    c = context[index]
+                    if context_dropout > 0:
+                        drop = torch.rand(batch_size, **options()) < context_dropout
+                output = forward(x_t, t, c, drop)
+                if prediction == "noise":
+                    loss = (output - eps).square().mean()
+                elif prediction == "velocity":
+                    dalpha, dsigma = (v.reshape(shape) for v in schedule.derivatives(t))
+                    loss = (output - (dalpha * x + dsigma * eps)).square().mean()
+                else:
+                    weight = 1 + (alpha / sigma).square().clamp(max=SNR_CLIP)
+                    loss = (weight * (output - x).square()).mean()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the training loss became {value} at step {step} (of {steps}); lower "
+                        f"the learning rate (lr={lr}) or check the data's scale"
+                    )
+                history.append(value)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    _clip_grad_norm(params, clip)
+                optimizer.step()
+                if averages is not None:
+                    decay = min(ema, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        torch._foreach_lerp_(averages, params, 1 - decay)
+                if progress:
+                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+    finally:
+        network.train(was_training)
+    if averages is not None:
+        with torch.no_grad():
+            for p, average in zip(params, averages, strict=True):
+                p.copy_(average)
+    return history
