@@ -176,7 +176,7 @@ class _NaNFlow(zuko.lazy.LazyDistribution):
         self.loc = nn.Parameter(torch.zeros(2))
 
     def forward(self, c=None):
-        return dist.Normal(self.loc * math.nan, 1.0).to_event(1)
+        return dist.Normal(self.loc * math.nan, 1.0, validate_args=False).to_event(1)
 
 
 def test_fit_raises_on_nan_loss_naming_the_step():
