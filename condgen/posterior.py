@@ -112,6 +112,23 @@ class Posterior:
         r"""Returns the draws with chains and draws merged: ``[chains * draws, *site.shape]``."""
         return {k: v.flatten(0, 1) for k, v in self.samples.items()}
 
+    def moments(self, site: str) -> tuple[Tensor, Tensor]:
+        r"""Posterior mean and standard deviation of a site, per coordinate, with the weights
+        of a weighted posterior: :math:`\bar x = \sum_i w_i x_i`,
+        :math:`s = (\sum_i w_i (x_i - \bar x)^2)^{1/2}` (float64).
+
+        Returns:
+            Both, shaped like the site.
+        """
+        x = self.samples[site].flatten(0, 1).double()
+        if self.log_weights is None:
+            w = torch.full((len(x),), 1 / len(x), dtype=x.dtype, device=x.device)
+        else:
+            w = self.log_weights.flatten().double().softmax(0)
+        w = w.reshape(-1, *[1] * (x.dim() - 1))
+        mean = (w * x).sum(0)
+        return mean, (w * (x - mean) ** 2).sum(0).sqrt()
+
     def _select(self, index: Tensor) -> Posterior:
         samples = {k: v[index].unsqueeze(0) for k, v in self.flatten().items()}
         sample_stats = {

@@ -16,13 +16,7 @@ GUIDED = ["dps", "pigdm", "tds", "langevin"]
 
 
 def _moments(post):
-    x = post.flatten()["x"].double()
-    if post.log_weights is None:
-        w = torch.full((len(x),), 1 / len(x), dtype=x.dtype)
-    else:
-        w = post.log_weights.flatten().double().softmax(0)
-    mean = w @ x
-    return mean, (w @ (x - mean) ** 2).sqrt()
+    return post.moments("x")
 
 
 def _gaussian_task(seed=0):

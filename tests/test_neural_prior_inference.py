@@ -11,13 +11,7 @@ from condgen.evaluate import GaussianMixtureInverseProblem
 
 
 def _weighted_moments(post):
-    x = post.flatten()["x"].double()
-    if post.log_weights is None:
-        w = torch.full((len(x),), 1 / len(x), dtype=x.dtype)
-    else:
-        w = post.log_weights.flatten().double().softmax(0)
-    mean = w @ x
-    return mean, (w @ (x - mean) ** 2).sqrt()
+    return post.moments("x")
 
 
 def test_problem_marks_the_neural_site():

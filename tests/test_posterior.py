@@ -353,3 +353,22 @@ def test_condition_accepts_a_method_object():
     assert post.method == "non-finite"
     assert post.samples["x"].shape == (1, 10, 2)
     assert post.stats["time_s"] >= 0 and post.stats["seed"] == 1
+
+
+def test_moments_are_the_weighted_mean_and_sd():
+    """Posterior.moments against a direct computation with normalised weights."""
+    problem = Problem(TASK.model, TASK.data)
+    torch.manual_seed(0)
+    x = torch.randn(2, 50, 2, dtype=torch.float64)
+    log_w = torch.randn(2, 50)
+    post = Posterior(problem, {"x": x}, log_weights=log_w)
+    # each chain is normalised separately, then chains pooled with equal total weight
+    w = (log_w - log_w.logsumexp(-1, keepdim=True)).flatten().double().softmax(0)
+    flat = x.flatten(0, 1)
+    mean = (w[:, None] * flat).sum(0)
+    sd = (w[:, None] * (flat - mean) ** 2).sum(0).sqrt()
+    got_mean, got_sd = post.moments("x")
+    torch.testing.assert_close(got_mean, mean)
+    torch.testing.assert_close(got_sd, sd)
+    unweighted = Posterior(problem, {"x": x})
+    torch.testing.assert_close(unweighted.moments("x")[0], flat.mean(0))

@@ -58,16 +58,11 @@ def posterior_metrics(posterior: Posterior, reference: Mapping[str, Tensor]) -> 
     missing = sorted(set(names) - set(reference))
     if missing:
         raise ValueError(f"the reference has no draws for the sites {missing}")
-    ref = _stack(reference, names)
-    draws = _stack(posterior.flatten(), names)
-    if posterior.log_weights is None:
-        weights = torch.full((len(draws),), 1 / len(draws), dtype=draws.dtype)
-    else:
-        weights = posterior.log_weights.flatten().double().softmax(0).cpu()
-    draws = draws.cpu()
-    mean = weights @ draws
-    sd = (weights @ (draws - mean) ** 2).sqrt()
-    ref_sd = ref.std(0).cpu()
+    ref = _stack(reference, names).cpu()
+    moments = [posterior.moments(name) for name in names]
+    mean = torch.cat([m.flatten() for m, _ in moments]).cpu()
+    sd = torch.cat([s.flatten() for _, s in moments]).cpu()
+    ref_sd = ref.std(0)
     resampled = _stack(posterior.resample().flatten(), names)
     if posterior.log_weights is None:
         idata = posterior.to_arviz()
@@ -76,7 +71,7 @@ def posterior_metrics(posterior: Posterior, reference: Mapping[str, Tensor]) -> 
     else:
         ess, rhat = float(posterior.stats.get("ess", math.nan)), math.nan
     return {
-        "mean_err": float(((mean - ref.mean(0).cpu()).abs() / ref_sd).max()),
+        "mean_err": float(((mean - ref.mean(0)).abs() / ref_sd).max()),
         "sd_ratio": float((sd / ref_sd).mean()),
         "sw": float(sliced_wasserstein(resampled, ref.to(resampled.device))),
         "ess": ess,
