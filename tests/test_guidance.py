@@ -160,8 +160,7 @@ def test_classifier_guidance_with_the_exact_classifier_samples_a_component():
         pyro.sample("x", prior)
 
     def classifier(x_t, t):
-        log_r, _ = prior._components(x_t, t)
-        return log_r.log_softmax(-1)[..., 2]
+        return prior.component_log_probs(x_t, t)[..., 2]
 
     n = 4000
     post = condgen.condition(

@@ -61,20 +61,29 @@ class GaussianMixturePrior(PathPrior):
             )
         if (weights < 0).any() or not torch.isfinite(weights).all() or weights.sum() <= 0:
             raise ValueError("weights must be finite, non-negative and not all zero")
-        try:
-            torch.linalg.cholesky(covs)
-        except RuntimeError:
-            raise ValueError("covs must be symmetric positive definite") from None
+        covs = (covs + covs.mT) / 2
+        offdiagonal = covs - torch.diag_embed(covs.diagonal(dim1=-2, dim2=-1))
+        self._diagonal = bool((offdiagonal == 0).all())
+        if self._diagonal:  # no rotation: every operation is O(K d) per point
+            eigenvalues, eigenvectors = covs.diagonal(dim1=-2, dim2=-1), None
+        else:
+            eigenvalues, eigenvectors = torch.linalg.eigh(covs)
+        if not (eigenvalues > 0).all():
+            raise ValueError("covs must be symmetric positive definite")
         super().__init__(schedule or VPSchedule(), (d,), sampler=sampler, steps=steps)
         self.weights = weights / weights.sum()
         self.means, self.covs = means, covs
-        self._clean = self.mixture(None)  # built once: log_prob is called in every NUTS step
+        # C_k = U_k diag(lambda_k) U_k^T, computed once: the noised covariances
+        # alpha^2 C_k + sigma^2 I share the eigenvectors, so no matrix is factorised per call
+        self._eigenvalues, self._eigenvectors = eigenvalues, eigenvectors
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         return self.means.device, self.means.dtype
 
     def mixture(self, t: Tensor | float | None = None) -> dist.MixtureSameFamily:
-        r"""The mixture at time ``t`` (scalar) as a distribution; at ``t=None`` the clean one."""
+        r"""The mixture at time ``t`` (scalar) as a torch distribution; at ``t=None`` the clean
+        one. (The methods of this class do not build it: they work in the eigenbases of the
+        covariances, which is cheaper.)"""
         means, covs = self.means, self.covs
         if t is not None:
             alpha, sigma = self.schedule(torch.as_tensor(t, dtype=means.dtype))
@@ -84,47 +93,73 @@ class GaussianMixturePrior(PathPrior):
             dist.Categorical(self.weights), dist.MultivariateNormal(means, covs)
         )
 
+    def _to_eigenbasis(self, v: Tensor) -> Tensor:
+        """U_k^T v_k for v shaped [*, K, d]."""
+        if self._diagonal:
+            return v
+        return torch.einsum("kji,...kj->...ki", self._eigenvectors, v)
+
+    def _from_eigenbasis(self, v: Tensor) -> Tensor:
+        """U_k v_k for v shaped [*, K, d]."""
+        if self._diagonal:
+            return v
+        return torch.einsum("kij,...kj->...ki", self._eigenvectors, v)
+
+    def _components(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """Log responsibilities log w_k N(x; alpha m_k, alpha^2 C_k + sigma^2 I), shaped [*, K],
+        and E[x_0 | x, k], shaped [*, K, d]; alpha and sigma broadcast as [*, 1, 1]."""
+        d = self.means.shape[-1]
+        z = self._to_eigenbasis(x.unsqueeze(-2) - alpha * self.means)
+        variance = alpha**2 * self._eigenvalues + sigma**2  # [*, K, d]
+        maha = (z**2 / variance).sum(-1)
+        log_normal = -0.5 * (maha + variance.log().sum(-1) + d * math.log(2 * math.pi))
+        shift = self._from_eigenbasis(alpha * self._eigenvalues / variance * z)
+        return self.weights.log() + log_normal, self.means + shift
+
+    def _noised(self, x_t: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        t = self._times(x_t, t)
+        alpha, sigma = self.schedule(t)
+        return self._components(x_t, alpha[..., None, None], sigma[..., None, None])
+
     def log_prob(self, x: Tensor, **options) -> Tensor:
         r"""Exact log-density; with ODE ``options`` (see :meth:`PathPrior.log_prob`), the
         probability-flow ODE estimate on the exact denoiser instead."""
         if options:
             return super().log_prob(x, **options)
         self._check_event(x)
-        return self._clean.log_prob(x)
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return self._components(x, one, 0 * one)[0].logsumexp(-1)
 
     def sample(self, sample_shape=(), **sampler_options) -> Tensor:
-        r"""Exact draws; with sampler options (``sampler``, ``steps``, ``eta``) a path sampler
-        on the exact denoiser."""
+        r"""Exact draws (a component, then a Gaussian draw in its eigenbasis); with sampler
+        options (``sampler``, ``steps``, ``eta``) a path sampler on the exact denoiser."""
         if sampler_options:
             return super().sample(sample_shape, **sampler_options)
+        shape = torch.Size(sample_shape) + self.batch_shape
+        n = shape.numel()
         with torch.no_grad():
-            return self._clean.sample(torch.Size(sample_shape) + self.batch_shape)
-
-    def _components(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior responsibilities log r_k [*, K] and component means E[x | x_t, k]."""
-        t = self._times(x_t, t)
-        alpha, sigma = self.schedule(t)
-        alpha, sigma = alpha[..., None, None, None], sigma[..., None, None, None]
-        d = self.means.shape[-1]
-        eye = torch.eye(d, dtype=x_t.dtype, device=x_t.device)
-        cov_t = alpha**2 * self.covs + sigma**2 * eye  # [*, K, d, d]
-        chol = torch.linalg.cholesky(cov_t)
-        residual = (x_t.unsqueeze(-2) - alpha[..., 0] * self.means).unsqueeze(-1)  # [*, K, d, 1]
-        solved = torch.cholesky_solve(residual, chol)
-        maha = (residual * solved).sum((-2, -1))
-        half_log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        log_normal = -0.5 * maha - half_log_det - 0.5 * d * math.log(2 * math.pi)
-        log_r = self.weights.log() + log_normal
-        means = self.means + alpha[..., 0] * (self.covs @ solved).squeeze(-1)
-        return log_r, means
+            k = torch.multinomial(self.weights, max(n, 1), replacement=True)[:n]
+            z = torch.randn(n, self.means.shape[-1], dtype=self.means.dtype, device=k.device)
+            z = z * self._eigenvalues[k].sqrt()
+            if not self._diagonal:
+                for component in k.unique():
+                    chosen = k == component
+                    z[chosen] = z[chosen] @ self._eigenvectors[component].T
+            return (self.means[k] + z).reshape(*shape, -1)
 
     def denoise(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact denoiser :math:`E[x \mid x_t]`."""
         self.nfe += 1
-        log_r, means = self._components(x_t, t)
+        log_r, means = self._noised(x_t, t)
         return (log_r.softmax(-1).unsqueeze(-1) * means).sum(-2)
+
+    def component_log_probs(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        r"""The exact noise-conditional classifier of the components,
+        :math:`\log p(k \mid x_t) = \log r_k(x_t)`, shaped ``[*batch, K]``: a ground truth for
+        classifier guidance."""
+        return self._noised(x_t, t)[0].log_softmax(-1)
 
     def log_prob_t(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact log-density :math:`\log p_t(x_t)` of the noised mixture."""
-        log_r, _ = self._components(x_t, t)
+        log_r, _ = self._noised(x_t, t)
         return log_r.logsumexp(-1)
