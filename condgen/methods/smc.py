@@ -48,6 +48,10 @@ class TDS(PathMethod):
     .. math:: w_s = \frac{p(x_s \mid x_t)\, \tilde p_s(y \mid x_s)}{q(x_s \mid x_t)\,
         \tilde p_t(y \mid x_t)}.
 
+    The shift of each proposal is capped at three proposal standard deviations per coordinate
+    (a sharp likelihood far from the data would otherwise throw particles to :math:`10^8`);
+    the weights use the capped proposal, so this keeps the sampler consistent.
+
     Particles are resampled (systematic) when the effective sample size falls below
     ``ess_threshold`` times their number. At the end the particles are denoised,
     :math:`x = \hat x_0(x_{t_\text{min}})`, and the last weights
@@ -96,6 +100,15 @@ class TDS(PathMethod):
         self.ess_threshold, self.twist_scale = ess_threshold, twist_scale
         self.twist_schedule = twist_schedule
 
+    @staticmethod
+    def _clip(shift: Tensor, std: Tensor) -> Tensor:
+        r"""Caps each particle's proposal shift at :math:`3 c \sqrt{d}` (three proposal sds
+        per coordinate). A sharp likelihood can make :math:`c^2 \nabla \log \tilde p` huge far
+        from the data; the weights use the capped proposal, so the sampler stays consistent."""
+        norm = shift.flatten(1).norm(dim=1).clamp(min=1e-30)
+        cap = 3 * std * math.sqrt(shift[0].numel())
+        return shift * (cap / norm).clamp(max=1.0).reshape(-1, *[1] * (shift.dim() - 1))
+
     def _tempering(self, setup: PathSetup, t: Tensor) -> Tensor:
         if self.twist_schedule == "constant":
             return torch.as_tensor(self.twist_scale)
@@ -134,7 +147,7 @@ class TDS(PathMethod):
                 log_w = torch.zeros_like(log_w)
                 resampled += 1
             mean, std = ancestral_step(x, x0, *schedule(t), *schedule(s))
-            shifted = mean + std**2 * grad
+            shifted = mean + self._clip(std**2 * grad, std)
             x_new = shifted + std * torch.randn_like(mean)
             x0_new, log_twist_new, grad_new = self._twist(setup, x_new, s)
             log_w = (
