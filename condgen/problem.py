@@ -201,11 +201,7 @@ class Problem:
     def _check_particles_independent(self, trace: poutine.Trace, probe: int) -> None:
         # A model can have every shape right and still mix particles (e.g. x.sum() over a
         # latent without event dimensions): compare with one particle at a time.
-        names = [
-            n
-            for n, site in (*self.latent_sites.items(), *self.observed_sites.items())
-            if not site.neural
-        ]
+        names = self._cheap_sites()
         vectorized = self._sum_log_prob(trace, names, probe)
         values = self._latent_values(trace, probe)
         for i in range(probe):
@@ -214,9 +210,8 @@ class Problem:
                 one = poutine.trace(poutine.condition(self.conditioned_model, single)).get_trace(
                     *self.args, **self.kwargs
                 )
-                expected = sum(
-                    one.nodes[n]["fn"].log_prob(one.nodes[n]["value"]).sum() for n in names
-                )
+                one.compute_log_prob(site_filter=lambda name, site: name in names)
+                expected = sum(one.nodes[n]["log_prob"].sum() for n in names)
             if not torch.allclose(
                 vectorized[i], torch.as_tensor(expected).to(vectorized), rtol=1e-3, atol=1e-3
             ):

@@ -264,3 +264,21 @@ def test_methods_refuse_models_they_cannot_handle():
         condgen.condition(task.model, task.data, method="classifier")
     with pytest.raises(ValueError, match="given"):
         condgen.condition(task.model, task.data, method="cfg")
+
+
+def test_closed_form_likelihood_matches_the_traced_one():
+    """Path methods replace the traced likelihood by a closed form only when the model is
+    linear-Gaussian and the two agree; a scaled observation keeps the traced one."""
+    task = GaussianMixtureInverseProblem(operator=torch.tensor([[1.0, 0.5], [0.0, 2.0]]))
+    problem = condgen.Problem(task.model, task.data)
+    setup = condgen.methods.DPS().setup(problem)
+    assert setup.linear is not None
+    x = 3 * torch.randn(20, 2)
+    for closed, traced in zip(
+        setup.likelihood_terms(x), problem.likelihood_terms({"x": x}), strict=True
+    ):
+        torch.testing.assert_close(closed, traced)
+
+    scaled = pyro.poutine.scale(task.model, scale=0.5)
+    setup = condgen.methods.TDS().setup(condgen.Problem(scaled, task.data))
+    assert setup.linear is None

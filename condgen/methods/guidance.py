@@ -78,7 +78,7 @@ class DPS(PathMethod):
         for i, (t, s) in enumerate(itertools.pairwise(grid)):
             with torch.enable_grad():
                 x_t, x0 = _denoise_with_grad(setup, x, t)
-                log_lik, residual = setup.problem.likelihood_terms({setup.site: x0})
+                log_lik, residual = setup.likelihood_terms(x0)
                 (grad,) = torch.autograd.grad(log_lik.sum(), x_t) if self.scale else (0.0,)
             mean, std = ancestral_step(x, x0.detach(), *schedule(t), *schedule(s))
             step = self.scale / residual.detach().clamp(min=1e-12)
@@ -153,10 +153,10 @@ class PiGDM(GuidedSampler):
                     f"linear.A has {linear.A.shape[0]} rows, but the observation "
                     f"{list(problem.observed_sites)} has another size"
                 )
-        else:
+            setup.linear, setup.y = linear, problem.observations[obs].reshape(-1).to(linear.A)
+        elif setup.linear is None:  # not detected: say why
             linear, obs = detect_linear_gaussian(problem, setup.site, self.name)
-        setup.linear = linear
-        setup.y = problem.observations[obs].reshape(-1).to(linear.A)
+            setup.linear, setup.y = linear, problem.observations[obs].reshape(-1).to(linear.A)
         return setup
 
     def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
