@@ -1,11 +1,22 @@
 r"""condgen: condition deep generative priors on data inside Pyro."""
 
-__all__ = ["Posterior", "Problem", "Site", "compare", "condition", "evaluate", "methods"]
+__all__ = [
+    "LinearGaussian",
+    "Posterior",
+    "Problem",
+    "Site",
+    "compare",
+    "condition",
+    "evaluate",
+    "methods",
+    "priors",
+]
 
 __version__ = "0.1.0"
 
-from . import evaluate, methods
+from . import evaluate, methods, priors
 from .conditioning import condition
 from .evaluate.compare import compare
+from .likelihoods import LinearGaussian
 from .posterior import Posterior
 from .problem import Problem, Site
