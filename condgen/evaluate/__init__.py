@@ -7,13 +7,16 @@ __all__ = [
     "NormalNormal",
     "Report",
     "Task",
+    "c2st",
     "compare",
+    "energy_distance",
+    "mmd",
     "posterior_metrics",
     "sliced_wasserstein",
 ]
 
 from .compare import Report, compare, posterior_metrics
-from .metrics import sliced_wasserstein
+from .metrics import c2st, energy_distance, mmd, sliced_wasserstein
 from .tasks import (
     BayesianLinearRegression,
     BetaBinomial,
