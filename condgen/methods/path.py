@@ -39,6 +39,7 @@ class PathSetup:
     shape: torch.Size  # the site's shape, batch (plate) dimensions included
     linear: LinearGaussian | None = None
     y: Tensor | None = None
+    unconditional: PathPrior | None = None  # classifier-free guidance: the prior given None
 
     def likelihood_terms(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`\log p(y \mid x)` and the standardised residual norm, per particle;
