@@ -2,7 +2,7 @@ r"""Distances between sample sets, for comparing posterior draws with a referenc
 
 from __future__ import annotations
 
-__all__ = ["c2st", "energy_distance", "mmd", "sliced_wasserstein"]
+__all__ = ["c2st", "energy_distance", "mmd", "moment_errors", "sliced_wasserstein"]
 
 import torch
 from torch import Tensor, nn
@@ -181,3 +181,36 @@ def c2st(x: Tensor, y: Tensor, folds: int = 5, epochs: int = 300, seed: int = 0)
                 predicted = (classifier(test).squeeze(-1) > 0).float()
         accuracies.append((predicted == truth).float().mean())
     return torch.stack(accuracies).mean()
+
+
+def moment_errors(
+    x: Tensor,
+    reference: Tensor,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-coordinate errors of the first two moments, in units of the reference.
+
+    .. math:: e_j = (\hat m_j - m_j) / s_j, \qquad r_j = \hat s_j / s_j,
+
+    with :math:`m_j, s_j` the reference mean and standard deviation of coordinate :math:`j`
+    and :math:`\hat m_j, \hat s_j` those of ``x`` (weighted by ``weights`` if given). Exact
+    draws give :math:`e_j \approx \mathcal{N}(0, 1/N + 1/M)` and :math:`r_j \approx 1 \pm
+    1/\sqrt{2N}` for Gaussian marginals.
+
+    Arguments:
+        x: Samples, shaped ``[N, d]`` (or ``[N, ...]``, flattened).
+        reference: Reference samples, shaped ``[M, d]``.
+        weights: Optional normalised weights of ``x``, shaped ``[N]``.
+
+    Returns:
+        The standardised mean errors :math:`e` and the standard deviation ratios :math:`r`,
+        each shaped ``[d]``.
+    """
+    x, reference = _flat(x.double(), reference.double())
+    if weights is None:
+        weights = torch.full((len(x),), 1 / len(x), dtype=x.dtype, device=x.device)
+    weights = weights.to(x)
+    mean = weights @ x
+    sd = (weights @ (x - mean) ** 2).sqrt()
+    ref_mean, ref_sd = reference.mean(0), reference.std(0).clamp(min=1e-300)
+    return (mean - ref_mean) / ref_sd, sd / ref_sd

@@ -23,7 +23,7 @@ def plot_draws(
     title: str = "",
 ) -> plt.Figure:
     r"""Scatter plots of each method's draws (resampled if weighted) of a site, two
-    coordinates at a time, over the reference draws in grey.
+    coordinates at a time, over the reference draws in grey (histograms for a scalar site).
 
     Arguments:
         posteriors: Posteriors by label.
@@ -42,16 +42,23 @@ def plot_draws(
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False
     )
-    ref = reference.reshape(len(reference), -1)[:max_points, list(dims)].cpu()
+    flat = reference.reshape(len(reference), -1)
+    dims = list(dims) if flat.shape[1] > 1 else [0]
+    ref = flat[:max_points, dims].cpu()
     for ax, (label, draws) in zip(
         axes.flat,
-        [("exact", None), *((k, p.resample().flatten()[site]) for k, p in posteriors.items())],
+        [("reference", None), *((k, p.resample().flatten()[site]) for k, p in posteriors.items())],
         strict=False,
     ):
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.75", label="exact")
-        if draws is not None:
-            points = draws.reshape(len(draws), -1)[:max_points, list(dims)].cpu()
-            ax.scatter(points[:, 0], points[:, 1], s=2, color="C0", alpha=0.6)
+        points = None if draws is None else draws.reshape(len(draws), -1)[:max_points, dims]
+        if len(dims) == 1:  # a scalar site: histograms
+            ax.hist(ref[:, 0], bins=50, density=True, color="0.75")
+            if points is not None:
+                ax.hist(points[:, 0].cpu(), bins=50, density=True, color="C0", alpha=0.6)
+        else:
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.75")
+            if points is not None:
+                ax.scatter(points[:, 0].cpu(), points[:, 1].cpu(), s=2, color="C0", alpha=0.6)
         ax.set_title(label)
     for ax in list(axes.flat)[panels:]:
         ax.axis("off")

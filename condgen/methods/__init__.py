@@ -12,11 +12,12 @@ __all__ = [
     "Method",
     "PiGDM",
     "available",
+    "describe",
     "get",
     "register",
 ]
 
-from .base import Method, available, get, register
+from .base import Method, available, describe, get, register
 from .bayesian import NUTS, SVI, Importance
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin

@@ -68,6 +68,17 @@ def available() -> dict[str, str]:
     return {name: cls.family for name, cls in _REGISTRY.items()}
 
 
+def describe() -> dict[str, str]:
+    r"""The first sentence of each registered method's docstring, by name (for listings such
+    as ``condgen methods``)."""
+    summaries = {}
+    for name, cls in _REGISTRY.items():
+        paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        sentence = paragraph.split(". ")[0].split(" :math:")[0].split(" by ")[0]
+        summaries[name] = sentence.rstrip(".:")
+    return summaries
+
+
 def get(method: str | Method, **options: Any) -> Method:
     r"""Resolves a method name (with options) or a method object into a method object.
 
