@@ -7,8 +7,10 @@ The prior is a mixture of 25 unit-covariance Gaussians with means :math:`(8i, 8j
 \sigma_y n` with a random :math:`A \in \mathbb{R}^{d_y \times d}` whose singular values are
 replaced by sorted :math:`\mathcal{U}(0, 1)` draws, :math:`\sigma_y \sim \mathcal{U}(0, 1)
 \cdot \max_i s_i`, and :math:`x` drawn from the prior; all of it is drawn anew for each seed.
-The posterior is again a Gaussian mixture, so every method is scored by the sliced
-Wasserstein distance between its draws and as many exact posterior draws.
+This is the default of :class:`condgen.evaluate.GaussianMixtureInverseProblem`
+(``get_task("gmm", dim=d, obs_dim=d_y, seed=seed)``), which the benchmark builds. The
+posterior is again a Gaussian mixture, so every method is scored by the sliced Wasserstein
+distance between its draws and as many exact posterior draws.
 
 Run from the repository root::
 
@@ -67,57 +69,6 @@ SKIPPED = {
 }
 
 
-def make_task(d: int, dy: int, seed: int) -> GaussianMixtureInverseProblem:
-    r"""The inverse problem of Cardoso et al. (2023) for one seed.
-
-    Arguments:
-        d: The dimension (even).
-        dy: The number of observations.
-        seed: Seed of the weights, the operator, the noise level and the observation.
-
-    Returns:
-        A :class:`~condgen.evaluate.GaussianMixtureInverseProblem` on a VP path.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    grid = 8.0 * torch.arange(-2, 3, dtype=torch.float32)
-    means = torch.cartesian_prod(grid, grid).repeat(1, d // 2)
-    weights = torch.randn(len(means), generator=generator) ** 2
-    A = torch.randn(dy, d, generator=generator)
-    u, _, vh = torch.linalg.svd(A, full_matrices=False)
-    singular = torch.rand(dy, generator=generator).sort(descending=True).values
-    A = u @ torch.diag(singular) @ vh
-    noise = float(torch.rand((), generator=generator) * singular.max())
-    prior = GaussianMixturePrior(weights, means, torch.eye(d).repeat(len(means), 1, 1))
-    return GaussianMixtureInverseProblem(prior=prior, operator=A, noise=noise, seed=seed)
-
-
-def exact_draws(mixture: GaussianMixturePrior, num_samples: int, seed: int) -> Tensor:
-    r"""Exact draws of a Gaussian mixture, one component at a time.
-
-    ``GaussianMixturePrior.sample`` goes through torch's ``MixtureSameFamily``, which draws
-    every component for every sample and broadcasts the :math:`K` Cholesky factors against
-    the draws: :math:`N K d^2` numbers (64 GB for 1000 draws at :math:`d = 800`). This draws
-    the components first, then each component's points with its own factor.
-
-    Arguments:
-        mixture: The mixture (e.g. ``task.posterior()["x"]``).
-        num_samples: The number :math:`N` of draws.
-        seed: Seed of the draws.
-
-    Returns:
-        The draws, shaped ``[N, d]``, in a random order.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    weights, means, covs = mixture.weights.double(), mixture.means.double(), mixture.covs.double()
-    components = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
-    draws = torch.empty(num_samples, means.shape[-1], dtype=torch.float64)
-    for k in components.unique().tolist():
-        index = (components == k).nonzero().squeeze(-1)
-        noise = torch.randn(len(index), means.shape[-1], generator=generator, dtype=torch.float64)
-        draws[index] = means[k] + noise @ torch.linalg.cholesky(covs[k]).T
-    return draws.to(mixture.means.dtype)
-
-
 def check_denoiser() -> float:
     r"""Largest error of condgen's exact denoiser against Tweedie's formula
     :math:`(x_t + \sigma_t^2 \nabla \log p_t(x_t)) / \alpha_t` with the gradient of torch's
@@ -127,7 +78,7 @@ def check_denoiser() -> float:
     Raises:
         AssertionError: If the relative error exceeds 1e-5.
     """
-    prior = make_task(8, 2, seed=123).prior
+    prior = GaussianMixtureInverseProblem(8, 2, seed=123).prior
     prior = GaussianMixturePrior(*(v.double() for v in (prior.weights, prior.means, prior.covs)))
     x = 10 * torch.randn(256, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     error = 0.0
@@ -409,10 +360,9 @@ def benchmark(
         for dy in obs_dims:
             for seed in range(seeds):
                 start, failures = time.perf_counter(), []
-                task = make_task(d, dy, seed)
-                posterior = task.posterior()["x"]
-                reference = exact_draws(posterior, num_samples, seed=10_000 + seed)
-                second = exact_draws(posterior, num_samples, seed=20_000 + seed)
+                task = GaussianMixtureInverseProblem(d, dy, seed=seed)
+                reference = task.reference_samples(num_samples, seed=10_000 + seed)["x"]
+                second = task.reference_samples(num_samples, seed=20_000 + seed)["x"]
 
                 results = [({"draws": second, "time": 0.0, "nfe": 0, "ess": None}, "exact", "-")]
                 for label, _, run, peer, option in plan(steps, nuts and d <= 8):
@@ -456,7 +406,7 @@ def overhead(d: int, num_samples: int, steps: int, repeats: int) -> dict[str, di
     peers = azula_samplers()
     if peers is None:
         return {}
-    task = make_task(d, 1, seed=0)
+    task = GaussianMixtureInverseProblem(d, 1, seed=0)
     scale = DPS().scale
     runs = {
         "dps": (
@@ -621,18 +571,18 @@ drawn anew for each seed. Boys et al. (2023) use the same prior and operator wit
 weights and fixed σ_y in {0.01, 0.1, 1} (`gmm.py` of
 [bb515/tmpdjax](https://github.com/bb515/tmpdjax)).
 
-Here: `condgen.evaluate.GaussianMixtureInverseProblem` with a `GaussianMixturePrior` on
-condgen's VP path (β from 0.1 to 20, the continuous form of DDPM's linear 1e-4 ... 0.02
-schedule), <steps> uniform steps from t = 1 to t = 1e-3 for every sampler, <particles>
-particles, and `condgen.evaluate.sliced_wasserstein` (SW₂ over <projections> random directions)
-against <particles> exact posterior draws of `task.posterior()["x"]` (drawn component by
-component by the benchmark's `exact_draws`: `GaussianMixturePrior.sample` goes through torch's
-`MixtureSameFamily`, which needs N K d² numbers, 64 GB at d = 800). The row "exact posterior"
-is the distance between two independent sets of exact draws: the floor that <particles> draws
-allow. Weighted draws (TDS, importance) are resampled (systematic) to <particles> equally
-weighted draws. SW is listed per seed (sorted; median (min–max) beyond 3 seeds), with the
-runs that failed (an error, or non-finite draws); time is the mean wall time of one call, NFE
-the number of denoiser evaluations (for importance sampling: likelihood evaluations).
+Here: `condgen.evaluate.GaussianMixtureInverseProblem(d, d_y, seed=seed)`, whose default is
+this setting, with a `GaussianMixturePrior` on condgen's VP path (β from 0.1 to 20, the
+continuous form of DDPM's linear 1e-4 ... 0.02 schedule), <steps> uniform steps from t = 1 to
+t = 1e-3 for every sampler, <particles> particles, and `condgen.evaluate.sliced_wasserstein` (SW₂
+over <projections> random directions) against <particles> exact posterior draws,
+`task.reference_samples` (drawn component by component, each with its own Cholesky factor:
+no N K d² intermediate, which would be 64 GB at d = 800). The row "exact posterior" is the distance
+between two independent sets of exact draws: the floor that <particles> draws allow. Weighted
+draws (TDS, importance) are resampled (systematic) to <particles> equally weighted draws. SW is
+listed per seed (sorted; median (min–max) beyond 3 seeds), with the runs that failed (an error,
+or non-finite draws); time is the mean wall time of one call, NFE the number of denoiser
+evaluations (for importance sampling: likelihood evaluations).
 
 The exact denoiser is `GaussianMixturePrior.denoise` (relative error <check> against Tweedie's
 formula with torch's `MixtureSameFamily` density, in double precision at d = 8); with these

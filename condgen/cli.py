@@ -38,7 +38,7 @@ def demo(
     Returns:
         One :class:`~condgen.evaluate.Report` per task.
     """
-    task = GaussianMixtureInverseProblem(seed=seed)
+    task = GaussianMixtureInverseProblem.circle(seed=seed)
     reference = task.reference_samples(num_samples, seed=seed + 1)
     mixture = compare(
         task.model,

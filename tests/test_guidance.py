@@ -31,7 +31,7 @@ def _gaussian_task(seed=0):
 def test_methods_run_and_report_their_distance(method, record_property):
     """Every method runs on the bimodal mixture problem; its distance to the exact posterior is
     measured and reported (DPS and PiGDM are not posterior samplers: no bound is claimed)."""
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
     post = condgen.condition(
         task.model, task.data, method=method, num_samples=1000, seed=0, progress=False
     )
@@ -47,7 +47,7 @@ def test_methods_run_and_report_their_distance(method, record_property):
 def test_dps_with_scale_zero_samples_the_prior():
     """Without guidance DPS is the ancestral sampler: its draws match the prior's as closely as
     two exact prior sample sets match each other (twice that Monte Carlo floor)."""
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
     n = 3000
     post = condgen.condition(
         task.model, task.data, method="dps", scale=0.0, num_samples=n, seed=0, progress=False
@@ -143,7 +143,7 @@ def test_pigdm_is_stable_on_an_ill_conditioned_operator():
     """A nearly rank-deficient A (condition number 1e6) with noise: the noise-aware covariance
     keeps PiGDM finite, where a pseudo-inverse would amplify the small singular direction."""
     operator = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-6]])
-    task = GaussianMixtureInverseProblem(operator=operator, noise=0.1, seed=2)
+    task = GaussianMixtureInverseProblem.circle(operator=operator, noise=0.1, seed=2)
     post = condgen.condition(
         task.model, task.data, method="pigdm", num_samples=500, seed=0, progress=False
     )
@@ -154,7 +154,7 @@ def test_pigdm_is_stable_on_an_ill_conditioned_operator():
 def test_classifier_guidance_with_the_exact_classifier_samples_a_component():
     """For a mixture, the exact noise-conditional classifier is the component responsibility
     log r_k(x_t); with weight 1 guidance samples the component N(m_k, C_k)."""
-    prior = GaussianMixtureInverseProblem().prior
+    prior = GaussianMixtureInverseProblem.circle().prior
 
     def model():
         pyro.sample("x", prior)
@@ -185,7 +185,7 @@ def test_non_gaussian_likelihood_through_dps_and_tds():
     """Poisson counts of a softplus of x: DPS and TDS run; TDS's weighted mean matches an
     independent importance-sampling reference (exact prior draws weighted by the likelihood)
     within 4 standard errors estimated from independent runs, plus 0.05 prior-sd allowance."""
-    prior = GaussianMixtureInverseProblem().prior
+    prior = GaussianMixtureInverseProblem.circle().prior
     model = _poisson_model(prior)
     data = {"y": torch.tensor([3.0, 7.0])}
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_non_gaussian_likelihood_through_dps_and_tds():
 
 
 def test_same_seed_same_draws_and_batches():
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
     for method in GUIDED:
         kwargs = {"method": method, "num_samples": 50, "progress": False}
         a = condgen.condition(task.model, task.data, seed=3, **kwargs)
@@ -225,7 +225,7 @@ def test_same_seed_same_draws_and_batches():
 
 
 def test_non_finite_steps_stop_with_an_error_naming_the_option():
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
     with pytest.raises(FloatingPointError, match=r"'dps'.*step \d+.*'scale'"):
         condgen.condition(
             task.model, task.data, method="dps", scale=1e38, num_samples=10, progress=False
@@ -233,7 +233,7 @@ def test_non_finite_steps_stop_with_an_error_naming_the_option():
 
 
 def test_methods_refuse_models_they_cannot_handle():
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
 
     def extra_site():
         x = pyro.sample("x", task.prior)
@@ -269,7 +269,7 @@ def test_methods_refuse_models_they_cannot_handle():
 def test_closed_form_likelihood_matches_the_traced_one():
     """Path methods replace the traced likelihood by a closed form only when the model is
     linear-Gaussian and the two agree; a scaled observation keeps the traced one."""
-    task = GaussianMixtureInverseProblem(operator=torch.tensor([[1.0, 0.5], [0.0, 2.0]]))
+    task = GaussianMixtureInverseProblem.circle(operator=torch.tensor([[1.0, 0.5], [0.0, 2.0]]))
     problem = condgen.Problem(task.model, task.data)
     setup = condgen.methods.DPS().setup(problem)
     assert setup.linear is not None

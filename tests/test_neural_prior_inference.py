@@ -15,7 +15,7 @@ def _weighted_moments(post):
 
 
 def test_problem_marks_the_neural_site():
-    task = GaussianMixtureInverseProblem()
+    task = GaussianMixtureInverseProblem.circle()
     problem = condgen.Problem(task.model, task.data)
     assert problem.latent_sites["x"].neural
     assert not problem.observed_sites["y"].neural
@@ -24,7 +24,7 @@ def test_problem_marks_the_neural_site():
 def test_nuts_on_a_mixture_prior_matches_the_exact_posterior():
     """With A = I the posterior is (nearly) one mixture component: NUTS mixes and its mean
     and sd match the closed-form mixture posterior within 4 Monte Carlo standard errors."""
-    task = GaussianMixtureInverseProblem(operator=torch.eye(2), noise=0.5, seed=3)
+    task = GaussianMixtureInverseProblem.circle(operator=torch.eye(2), noise=0.5, seed=3)
     exact = task.posterior()["x"]
     post = condgen.condition(
         task.model,
@@ -45,7 +45,7 @@ def test_nuts_on_a_mixture_prior_matches_the_exact_posterior():
 def test_importance_recovers_a_bimodal_posterior_where_nuts_chains_stick():
     """Observing one coordinate leaves two modes of equal weight. Importance sampling from the
     prior recovers the weighted moments; NUTS chains stay in their modes, and R-hat says so."""
-    task = GaussianMixtureInverseProblem(seed=0)
+    task = GaussianMixtureInverseProblem.circle(seed=0)
     exact = task.posterior()["x"]
     assert exact.weights.max() < 0.6  # two comparable modes
     ref = exact.sample((200_000,))
@@ -73,7 +73,7 @@ def test_importance_recovers_a_bimodal_posterior_where_nuts_chains_stick():
 
 @pytest.mark.parametrize("method", ["svi", "importance"])
 def test_methods_run_with_a_mixture_prior(method):
-    task = GaussianMixtureInverseProblem(operator=torch.eye(2), seed=3)
+    task = GaussianMixtureInverseProblem.circle(operator=torch.eye(2), seed=3)
     post = condgen.condition(
         task.model,
         task.data,
