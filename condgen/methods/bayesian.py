@@ -2,7 +2,7 @@ r"""Bayesian conditioning: NUTS, stochastic variational inference and importance
 
 from __future__ import annotations
 
-__all__ = ["NUTS", "SVI", "Importance", "build_guide"]
+__all__ = ["NUTS", "SVI", "Importance", "build_guide", "init_generative_to_sample"]
 
 import math
 import warnings
@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..posterior import Posterior
-from ..problem import Problem
+from ..problem import Problem, _is_neural
 from .base import Method, register
 
 GUIDES: dict[str, Callable] = {
@@ -63,6 +63,22 @@ class _Counted:
         return self.fn(*args, **kwargs)
 
 
+def init_generative_to_sample(site: dict | None = None):
+    r"""Pyro initialisation strategy: a prior draw for sites whose prior is a generative
+    model (:attr:`~condgen.Site.neural`), Pyro's ``init_to_uniform`` (uniform on
+    :math:`(-2, 2)` in unconstrained space) for the others.
+
+    The uniform box is arbitrary for a learned prior: every chain would start near the same
+    point and, on a multimodal prior, in the same mode, where R-hat cannot tell it is stuck.
+    Independent prior draws start the chains where the prior's mass is, in different modes.
+    """
+    if site is None:
+        return init_generative_to_sample
+    if _is_neural(site["fn"]):
+        return autoguides.init_to_sample(site)
+    return autoguides.init_to_uniform(site)
+
+
 @register
 class NUTS(Method):
     r"""The No-U-Turn sampler (Hoffman and Gelman, 2014), through Pyro's NUTS kernel.
@@ -80,7 +96,10 @@ class NUTS(Method):
         max_tree_depth: Maximum depth of the NUTS binary tree.
         full_mass: Whether to adapt a dense mass matrix.
         jit_compile: Whether to JIT-compile the potential energy.
-        init_strategy: A Pyro initialisation strategy (``pyro.infer.autoguide.init_to_*``).
+        init_strategy: A Pyro initialisation strategy (``pyro.infer.autoguide.init_to_*``);
+            by default :func:`init_generative_to_sample`: each chain starts its generative-prior
+            sites at an independent prior draw, so chains start in different modes of a
+            multimodal prior and R-hat can see what one chain cannot.
 
     Stats:
         ``nfe`` (log-density gradient evaluations), ``divergences``, ``step_size`` per chain;
@@ -105,7 +124,7 @@ class NUTS(Method):
         max_tree_depth: int = 10,
         full_mass: bool = False,
         jit_compile: bool = False,
-        init_strategy: Callable = autoguides.init_to_uniform,
+        init_strategy: Callable | None = None,
     ):
         if num_chains < 1 or warmup_steps < 0:
             raise ValueError("num_chains must be >= 1 and warmup_steps >= 0")
@@ -115,7 +134,7 @@ class NUTS(Method):
         self.max_tree_depth = max_tree_depth
         self.full_mass = full_mass
         self.jit_compile = jit_compile
-        self.init_strategy = init_strategy
+        self.init_strategy = init_strategy or init_generative_to_sample
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         problem.require_continuous(self.name)
