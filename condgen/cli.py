@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -178,6 +179,13 @@ def _compare_command(args: argparse.Namespace) -> int:
     say(str(report))
     if args.out:
         written = report.save(args.out)
+        if callable(getattr(task, "plot", None)):  # a task's own pictures, e.g. the digits
+            import matplotlib.pyplot as plt
+
+            figure = task.plot(report.posteriors)
+            written.append(Path(args.out) / "images.png")
+            figure.savefig(written[-1], dpi=120)
+            plt.close(figure)
         say(f"\nwrote {len(written)} files to {args.out}/: " + ", ".join(p.name for p in written))
     return 0
 

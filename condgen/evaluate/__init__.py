@@ -5,6 +5,8 @@ __all__ = [
     "BayesianLinearRegression",
     "BetaBinomial",
     "Calibration",
+    "DigitsDenoising",
+    "DigitsInpainting",
     "GaussianLinear",
     "GaussianMixtureInverseProblem",
     "NormalNormal",
@@ -16,18 +18,21 @@ __all__ = [
     "c2st",
     "calibration",
     "compare",
+    "digits_prior",
     "energy_distance",
     "get_task",
     "map_jobs",
     "mmd",
     "moment_errors",
     "posterior_metrics",
+    "prepare_digits",
     "register_task",
     "sliced_wasserstein",
 ]
 
 from .calibration import Calibration, calibration
 from .compare import METRICS, Report, compare, posterior_metrics
+from .digits import DigitsDenoising, DigitsInpainting, digits_prior, prepare_digits
 from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserstein
 from .parallel import map_jobs
 from .tasks import (
