@@ -20,6 +20,7 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..guides import FlowGuide
 from ..posterior import Posterior
 from ..problem import Problem, _is_neural
 from .base import Method, register
@@ -28,6 +29,7 @@ GUIDES: dict[str, Callable] = {
     "normal": autoguides.AutoNormal,
     "mvn": autoguides.AutoMultivariateNormal,
     "lowrank": autoguides.AutoLowRankMultivariateNormal,
+    "flow": FlowGuide,
 }
 
 
@@ -35,7 +37,8 @@ def build_guide(guide: str | Callable | None, problem: Problem) -> Callable:
     r"""Builds a guide for the problem's conditioned model from a name, or passes one through.
 
     Arguments:
-        guide: A name in :data:`GUIDES` (``"normal"``, ``"mvn"``, ``"lowrank"``), a Pyro guide
+        guide: A name in :data:`GUIDES` (``"normal"``, ``"mvn"``, ``"lowrank"``, ``"flow"``
+            for a :class:`~condgen.guides.FlowGuide` with a neural spline flow), a Pyro guide
             (any callable with the model's signature), or None for ``"mvn"``.
         problem: The problem whose conditioned model the guide approximates.
     """
