@@ -220,8 +220,9 @@ class SVI(Method):
     they under-disperse, as reverse KL is mode-seeking.
 
     Arguments:
-        guide: A guide name (``"normal"``, ``"mvn"``, ``"lowrank"``) or a Pyro guide; by
-            default a full-rank multivariate normal (``AutoMultivariateNormal``).
+        guide: A guide name (``"normal"``, ``"mvn"``, ``"lowrank"``, or ``"flow"`` for a
+            :class:`~condgen.guides.FlowGuide`) or a Pyro guide; by default a full-rank
+            multivariate normal (``AutoMultivariateNormal``).
         num_steps: Optimisation steps.
         lr: Initial learning rate of Adam.
         lr_decay: Overall factor by which the learning rate decays over ``num_steps``.
@@ -323,7 +324,9 @@ class Importance(Method):
 
     Arguments:
         proposal: ``"guide"`` (fit a guide with SVI first) or ``"prior"``.
-        guide: The guide for ``proposal="guide"``: a name or a Pyro guide (default ``"mvn"``).
+        guide: The guide for ``proposal="guide"``: a name of :data:`GUIDES` (``"flow"`` for
+            a normalizing flow, whose heavier tails suit a proposal) or a Pyro guide (default
+            ``"mvn"``).
         num_steps: SVI steps to fit the guide (0 with an already fitted guide).
         psis: Whether to Pareto-smooth the weights.
 
