@@ -8,13 +8,14 @@ __all__ = [
     "compare",
     "condition",
     "evaluate",
+    "guides",
     "methods",
     "priors",
 ]
 
 __version__ = "0.1.0"
 
-from . import evaluate, methods, priors
+from . import evaluate, guides, methods, priors
 from .conditioning import condition
 from .evaluate.compare import compare
 from .likelihoods import LinearGaussian
