@@ -37,11 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -50,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import machine, write_section
 from torch import Tensor
 
 import condgen as cg
@@ -526,39 +523,6 @@ def overhead_table(results: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    r"""The CPU model, core count, thread count, library versions and condgen's commit, in one
-    line."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    try:
-        import azula
-
-        peer = f"azula {azula.__version__}"
-    except ImportError:
-        peer = "azula not installed"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread), Python {platform.python_version()}, "
-        f"condgen {getattr(cg, '__version__', '?')} (commit {commit}), {peer}"
-    )
-
-
 PROTOCOL = """\
 Setup of Cardoso et al. (2023), as in the authors' code (`scripts/viz_gaussian.py` of
 [gabrielvc/mcg_diff](https://github.com/gabrielvc/mcg_diff) and `datasets/gaussian_mixture.py`
@@ -606,6 +570,14 @@ denoising so that NFE match):
 """
 
 
+def _azula_version() -> str:
+    try:
+        import azula
+    except ImportError:
+        return "azula not installed"
+    return f"azula {azula.__version__}"
+
+
 def report(
     records: list[dict],
     overheads: dict[int, dict],
@@ -621,7 +593,7 @@ def report(
     parts = [
         f"## {SECTION}",
         "",
-        f"Run on {date}: {machine()}.",
+        f"Run on {date}: {machine([_azula_version()])}.",
         "",
         "Reproduce (from the repository root):",
         "",
@@ -679,20 +651,6 @@ def report(
     return "\n".join(parts)
 
 
-def write_section(path: Path, section: str) -> None:
-    r"""Writes ``section`` (starting with ``## <SECTION>``) into ``path``, replacing a section
-    of the same title up to the next ``## `` heading, or appending it; other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     r"""Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -726,7 +684,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     check = check_denoiser()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine([_azula_version()])}")
     print(
         f"running d={args.dims} d_y={args.obs_dims} seeds={args.seeds} "
         f"particles={args.particles} steps={args.steps} nuts={args.nuts}"

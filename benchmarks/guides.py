@@ -31,11 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +40,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from common import machine, write_section
 from pyro.distributions.transforms import iterated, spline_autoregressive
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
@@ -177,33 +174,6 @@ def run(
 # ------------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    r"""The CPU model, core count, threads, library versions and condgen's commit."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    import zuko
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread), Pyro {pyro.__version__}, zuko {zuko.__version__}, "
-        f"Python {platform.python_version()}, condgen commit {commit}"
-    )
-
-
 def table(results: list[dict], peers: dict[str, str | None]) -> str:
     r"""One Markdown table per task: step time, ratio to the Pyro peer, SW over time."""
     checkpoints = [c for c, _, _ in results[0]["record"]]
@@ -241,7 +211,7 @@ def report(results: list[dict], args: argparse.Namespace, floors: dict[str, floa
         [
             f"## {SECTION}",
             "",
-            f"Run on {date}: {machine()}.",
+            f"Run on {date}: {_machine()}.",
             "",
             "Reproduce (from the repository root):",
             "",
@@ -274,17 +244,10 @@ def report(results: list[dict], args: argparse.Namespace, floors: dict[str, floa
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    r"""Replaces the section ``## Guides`` of ``path`` (up to the next ``## ``), or appends
-    it; other sections stay as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+def _machine() -> str:
+    import zuko
+
+    return machine([f"Pyro {pyro.__version__}", f"zuko {zuko.__version__}"])
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -307,7 +270,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> str:
     args = parse(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine()}")
     checkpoints = sorted({max(args.steps // 12, 50), args.steps // 3, args.steps})
     checkpoints = [c - c % 50 or 50 for c in checkpoints]
     results, floors = [], {}

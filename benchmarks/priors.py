@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
-import re
 import time
 from pathlib import Path
 
 import torch
+from common import machine, write_section
 
 from condgen.priors import MLP, DiffusionPrior, VPSchedule
 
@@ -110,11 +109,11 @@ def main() -> None:
                 ours_s / plain_s,
             )
         )
-    machine = f"{_cpu()}, torch {torch.__version__}, 1 thread"
+    machine_line = machine()
     lines = [
         "## Neural priors",
         "",
-        f"Machine: {machine}. Command: `python benchmarks/priors.py --steps {args.steps} "
+        f"Machine: {machine_line}. Command: `python benchmarks/priors.py --steps {args.steps} "
         f"--batch-size {args.batch_size}` (best of {args.repeats}). MLP(2): 3 hidden layers "
         "of 256, time embedding 64.",
         "",
@@ -125,26 +124,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        _write_section(Path(__file__).parent.parent / "docs" / "benchmarks.md", table)
-
-
-def _cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
-
-
-def _write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"## Neural priors\n.*?(?=\n## |\Z)", re.S)
-    text = (
-        pattern.sub(section.rstrip() + "\n", text)
-        if pattern.search(text)
-        else (text.rstrip() + "\n\n" + section)
-    )
-    path.write_text(text)
+        write_section(Path(__file__).parent.parent / "docs" / "benchmarks.md", table)
 
 
 if __name__ == "__main__":
