@@ -10,6 +10,7 @@ __all__ = [
     "Importance",
     "Langevin",
     "Method",
+    "NPEMethod",
     "PiGDM",
     "available",
     "describe",
@@ -22,3 +23,5 @@ from .bayesian import NUTS, SVI, Importance
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
 from .smc import TDS
+
+from .amortized import NPEMethod  # isort: skip (registered last, so listings go by family)
