@@ -42,11 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -54,13 +50,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import DOCS, machine, write_section
 from torch import Tensor
 
 from condgen.evaluate import TwoMoons, c2st
 from condgen.infer import NPE
 
 SECTION = "Neural posterior estimation"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ESTIMATORS = ("condgen", "sbi-nsf", "sbi-maf")
 
 
@@ -208,37 +204,17 @@ def observation_table(records: list[dict], num_observations: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    r"""The CPU model, core count, thread count, library versions and condgen's commit."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+def _machine() -> str:
+    r"""The machine line, with the versions of zuko and of the peer."""
+    import zuko
+
     try:
         import sbi
 
         peer = f"sbi {sbi.__version__}"
     except ImportError:
         peer = "sbi not installed"
-    import zuko
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread), Python {platform.python_version()}, zuko "
-        f"{zuko.__version__}, {peer}, condgen commit {commit}"
-    )
+    return machine([f"zuko {zuko.__version__}", peer])
 
 
 PROTOCOL = """\
@@ -273,7 +249,7 @@ def report(records: list[dict], args: argparse.Namespace) -> str:
         [
             f"## {SECTION}",
             "",
-            f"Run on {date}: {machine()}.",
+            f"Run on {date}: {_machine()}.",
             "",
             "Reproduce (from the repository root):",
             "",
@@ -311,20 +287,6 @@ def report(records: list[dict], args: argparse.Namespace) -> str:
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    r"""Writes ``section`` (starting with ``## <SECTION>``) into ``path``, replacing a section
-    of the same title up to the next ``## `` heading, or appending it; other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip() + "\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     r"""Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -355,7 +317,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     start = time.perf_counter()
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine()}")
     records = run(args.budgets, args.seeds, args.draws, args.observations, args.peers)
     text = report(records, args)
     print()
