@@ -232,15 +232,14 @@ and given to every estimator:
 
 Each estimator is conditioned on <observations> observations, the standard x_o = (0, 0) and
 simulated ones (`TwoMoons(seed=k, observation="simulated")`, k = 1, ..., <last>), and its draws
-are compared
-with as many exact posterior draws (`task.reference_samples`, the same for every estimator) by
-`condgen.evaluate.c2st`, the benchmark's classifier two-sample test (5-fold accuracy of an
-MLP). Training time is the wall time of the training call alone (the simulations are shared
-and not timed), one torch thread.
+are compared with as many exact posterior draws (`task.reference_samples`, the same for every
+estimator) by `condgen.evaluate.c2st`, the benchmark's classifier two-sample test (5-fold
+accuracy of an MLP). Training time is the wall time of the training call alone (the
+simulations are shared and not timed), one torch thread.
 """
 
 
-def report(records: list[dict], args: argparse.Namespace) -> str:
+def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> str:
     r"""The Markdown section: machine, date, command, protocol and tables."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/npe.py " + " ".join(args.argv)
@@ -249,7 +248,7 @@ def report(records: list[dict], args: argparse.Namespace) -> str:
         [
             f"## {SECTION}",
             "",
-            f"Run on {date}: {_machine()}.",
+            f"Run on {date}: {machine_line}.",
             "",
             "Reproduce (from the repository root):",
             "",
@@ -317,9 +316,10 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     start = time.perf_counter()
-    print(f"machine: {_machine()}")
+    machine_line = _machine()  # at the start: the commit that runs
+    print(f"machine: {machine_line}")
     records = run(args.budgets, args.seeds, args.draws, args.observations, args.peers)
-    text = report(records, args)
+    text = report(records, args, machine_line)
     print()
     print(text)
     if args.output is not None and not args.no_write:
