@@ -9,13 +9,14 @@ __all__ = [
     "condition",
     "evaluate",
     "guides",
+    "infer",
     "methods",
     "priors",
 ]
 
 __version__ = "0.1.0"
 
-from . import evaluate, guides, methods, priors
+from . import evaluate, guides, infer, methods, priors
 from .conditioning import condition
 from .evaluate.compare import compare
 from .likelihoods import LinearGaussian
