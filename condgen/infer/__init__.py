@@ -1,5 +1,6 @@
 r"""Objectives and trainers: amortized posterior estimators trained on a model's simulations."""
 
-__all__ = ["NPE"]
+__all__ = ["FMPE", "NPE", "NPSE"]
 
 from .npe import NPE
+from .vector_field import FMPE, NPSE

@@ -7,10 +7,12 @@ __all__ = [
     "SVI",
     "TDS",
     "ClassifierGuidance",
+    "FMPEMethod",
     "Importance",
     "Langevin",
     "Method",
     "NPEMethod",
+    "NPSEMethod",
     "PiGDM",
     "available",
     "describe",
@@ -24,4 +26,4 @@ from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
 from .smc import TDS
 
-from .amortized import NPEMethod  # isort: skip (registered last, so listings go by family)
+from .amortized import FMPEMethod, NPEMethod, NPSEMethod  # isort: skip (registered last)

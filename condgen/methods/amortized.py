@@ -2,40 +2,125 @@ r"""Amortized conditioning: posterior estimators trained beforehand on the model
 
 from __future__ import annotations
 
-__all__ = ["NPEMethod"]
+__all__ = ["AmortizedMethod", "FMPEMethod", "NPEMethod", "NPSEMethod"]
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ..posterior import Posterior
 from ..problem import Problem
 from .base import Method, register
 
 if TYPE_CHECKING:
-    from ..infer.npe import NPE
+    from ..infer.estimator import PosteriorEstimator
+
+
+class AmortizedMethod(Method):
+    r"""Draws from an amortized posterior estimator trained beforehand on simulations.
+
+    The estimator :math:`q_\phi(\theta \mid x)` (a
+    :class:`~condgen.infer.estimator.PosteriorEstimator` of the subclass's kind) was trained
+    once on simulations of the model; conditioning on an observation :math:`x_o` is a pass
+    through its network, :math:`\theta^{(l)} \sim q_\phi(\theta \mid x_o)`, with no
+    retraining. The draws are as good as the estimator: check it with
+    :func:`condgen.evaluate.calibration` (``calibration(model, name, estimator=...,
+    observed=[...])``).
+
+    Subclasses set :attr:`name` and :attr:`estimator_name` (the class in
+    :mod:`condgen.infer`).
+
+    Arguments:
+        estimator: A trained estimator for the model, conditioned on the same observed sites
+            as the data.
+
+    Stats:
+        ``nfe`` (network evaluations of one batched sampling pass), ``num_simulations`` (the
+        simulations the estimator was trained on).
+
+    Raises:
+        ValueError: If the estimator is missing, untrained or of another kind, was trained for
+            other observed or latent sites, or the observation's shape differs from the
+            simulations'.
+    """
+
+    family = "amortized"
+    estimator_name: ClassVar[str]
+
+    def __init__(self, estimator: PosteriorEstimator | None = None):
+        self.estimator = estimator
+
+    def _check(self, problem: Problem) -> PosteriorEstimator:
+        from .. import infer
+
+        kind, name = self.estimator_name, self.name
+        estimator = self.estimator
+        if estimator is None:
+            raise ValueError(
+                f"method '{name}' needs a trained estimator: {name} = condgen.infer.{kind}("
+                f"model, observed=[...]); {name}.fit(...); condition(..., method='{name}', "
+                f"estimator={name})"
+            )
+        if not isinstance(estimator, getattr(infer, kind)):
+            raise ValueError(
+                f"estimator must be a condgen.infer.{kind}, got {type(estimator).__name__}"
+            )
+        if not estimator.trained:
+            raise ValueError(f"the {kind} estimator is untrained: call estimator.fit(...) first")
+        trained, given = list(estimator.observed), list(problem.observed_sites)
+        if set(trained) != set(given):
+            raise ValueError(
+                f"the {kind} estimator was trained to condition on the sites {trained}, but the "
+                f"data observe {given}; train an estimator with observed={given}"
+            )
+        latent = {n: tuple(s.shape) for n, s in estimator.latent_sites.items()}
+        found = {n: tuple(s.shape) for n, s in problem.latent_sites.items()}
+        if latent != found:
+            raise ValueError(
+                f"the {kind} estimator was trained for the latent sites {latent}, but the model "
+                f"has {found}: was it trained for another model?"
+            )
+        for site_name, site in estimator.observed_sites.items():
+            value = problem.observations[site_name]
+            if tuple(value.shape) != tuple(site.shape):
+                raise ValueError(
+                    f"the observation of site '{site_name}' has shape {tuple(value.shape)}, but "
+                    f"the {kind} estimator was trained on simulations of shape "
+                    f"{tuple(site.shape)}"
+                )
+        return estimator
+
+    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
+        estimator = self._check(problem)
+        draws = estimator.sample(problem.observations, num_samples)
+        samples = {
+            name: draws[name].to(device=problem.device).unsqueeze(0)
+            for name in problem.latent_sites
+        }
+        for name, value in samples.items():
+            if value.is_floating_point():
+                samples[name] = value.to(problem.dtype)
+        return Posterior(
+            problem,
+            samples,
+            stats={"nfe": estimator.nfe, "num_simulations": int(estimator.num_simulations)},
+            method=self.name,
+        )
+
+    def __repr__(self) -> str:
+        estimator = "None" if self.estimator is None else f"{self.estimator_name}(...)"
+        return f"{type(self).__name__}(estimator={estimator})"
 
 
 @register
-class NPEMethod(Method):
+class NPEMethod(AmortizedMethod):
     r"""Neural posterior estimation: draws from an amortized flow trained on simulations.
 
-    The estimator, a :class:`condgen.infer.NPE` :math:`q_\phi(\theta \mid x)`, was trained
-    once on simulations of the model; conditioning on an observation :math:`x_o` is a pass
-    through its flow, :math:`\theta^{(l)} \sim q_\phi(\theta \mid x_o)`, with no retraining.
-    The draws are as good as the estimator: check it with
-    :func:`condgen.evaluate.calibration` (``calibration(model, "npe", estimator=npe,
-    observed=[...])``).
+    The estimator, a :class:`condgen.infer.NPE` :math:`q_\phi(\theta \mid x)`, is a conditional
+    normalizing flow; a draw is one pass through it (see :class:`AmortizedMethod` for the
+    checks and stats; ``nfe`` is 1).
 
     Arguments:
         estimator: A trained :class:`~condgen.infer.NPE` for the model, conditioned on the
             same observed sites as the data.
-
-    Stats:
-        ``nfe`` (1: one batched pass through the flow), ``num_simulations`` (the simulations
-        the estimator was trained on).
-
-    Raises:
-        ValueError: If the estimator is missing or untrained, was trained for other observed
-            or latent sites, or the observation's shape differs from the simulations'.
 
     Example:
         >>> npe = condgen.infer.NPE(model, observed=["y"])
@@ -53,64 +138,59 @@ class NPEMethod(Method):
     """
 
     name = "npe"
-    family = "amortized"
+    estimator_name = "NPE"
 
-    def __init__(self, estimator: NPE | None = None):
-        self.estimator = estimator
 
-    def _check(self, problem: Problem) -> NPE:
-        from ..infer.npe import NPE
+@register
+class FMPEMethod(AmortizedMethod):
+    r"""Flow-matching posterior estimation: draws from an amortized conditional flow-matching
+    model trained on simulations.
 
-        estimator = self.estimator
-        if estimator is None:
-            raise ValueError(
-                "method 'npe' needs a trained estimator: npe = condgen.infer.NPE(model, "
-                "observed=[...]); npe.fit(...); condition(..., method='npe', estimator=npe)"
-            )
-        if not isinstance(estimator, NPE):
-            raise ValueError(
-                f"estimator must be a condgen.infer.NPE, got {type(estimator).__name__}"
-            )
-        if not estimator.trained:
-            raise ValueError("the NPE estimator is untrained: call estimator.fit(...) first")
-        trained, given = list(estimator.observed), list(problem.observed_sites)
-        if set(trained) != set(given):
-            raise ValueError(
-                f"the NPE estimator was trained to condition on the sites {trained}, but the "
-                f"data observe {given}; train an estimator with observed={given}"
-            )
-        latent = {n: tuple(s.shape) for n, s in estimator.latent_sites.items()}
-        found = {n: tuple(s.shape) for n, s in problem.latent_sites.items()}
-        if latent != found:
-            raise ValueError(
-                f"the NPE estimator was trained for the latent sites {latent}, but the model "
-                f"has {found}: was it trained for another model?"
-            )
-        for name, site in estimator.observed_sites.items():
-            value = problem.observations[name]
-            if tuple(value.shape) != tuple(site.shape):
-                raise ValueError(
-                    f"the observation of site '{name}' has shape {tuple(value.shape)}, but the "
-                    f"NPE estimator was trained on simulations of shape {tuple(site.shape)}"
-                )
-        return estimator
+    The estimator, a :class:`condgen.infer.FMPE`, integrates the probability-flow ODE of its
+    velocity network given the observation (see :class:`AmortizedMethod` for the checks and
+    stats; ``nfe`` is the sampler's network evaluations, 129 by default).
 
-    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
-        estimator = self._check(problem)
-        draws = estimator.sample(problem.observations, num_samples)
-        samples = {
-            name: draws[name].to(device=problem.device).unsqueeze(0)
-            for name in problem.latent_sites
-        }
-        for name, value in samples.items():
-            if value.is_floating_point():
-                samples[name] = value.to(problem.dtype)
-        return Posterior(
-            problem,
-            samples,
-            stats={"nfe": 1, "num_simulations": int(estimator.num_simulations)},
-            method=self.name,
-        )
+    Arguments:
+        estimator: A trained :class:`~condgen.infer.FMPE` for the model, conditioned on the
+            same observed sites as the data.
 
-    def __repr__(self) -> str:
-        return f"NPEMethod(estimator={'None' if self.estimator is None else 'NPE(...)'})"
+    Example:
+        >>> fmpe = condgen.infer.FMPE(model, observed=["y"])
+        >>> fmpe.fit(num_simulations=10_000)
+        >>> post = condgen.condition(model, {"y": y}, method="fmpe", estimator=fmpe)
+
+    References:
+        | Flow Matching for Scalable Simulation-Based Inference (Dax et al., 2023)
+        | https://arxiv.org/abs/2305.17161
+    """
+
+    name = "fmpe"
+    estimator_name = "FMPE"
+
+
+@register
+class NPSEMethod(AmortizedMethod):
+    r"""Neural posterior score estimation: draws from an amortized conditional diffusion model
+    trained on simulations.
+
+    The estimator, a :class:`condgen.infer.NPSE`, integrates the probability-flow ODE of its
+    score network given the observation (see :class:`AmortizedMethod` for the checks and
+    stats; ``nfe`` is the sampler's network evaluations, 257 by default).
+
+    Arguments:
+        estimator: A trained :class:`~condgen.infer.NPSE` for the model, conditioned on the
+            same observed sites as the data.
+
+    Example:
+        >>> npse = condgen.infer.NPSE(model, observed=["y"])
+        >>> npse.fit(num_simulations=10_000)
+        >>> post = condgen.condition(model, {"y": y}, method="npse", estimator=npse)
+
+    References:
+        | Sequential Neural Score Estimation: Likelihood-Free Inference with Conditional Score
+          Based Diffusion Models (Sharrock et al., 2022)
+        | https://arxiv.org/abs/2210.04872
+    """
+
+    name = "npse"
+    estimator_name = "NPSE"
