@@ -1,14 +1,29 @@
-r"""Guides for stochastic variational inference: normalizing flows and amortized guides."""
+r"""Guides for stochastic variational inference: normalizing flows, amortized, semi-implicit and
+implicit guides."""
 
 __all__ = [
     "FLOWS",
     "AmortizedFlowGuide",
     "AmortizedNormal",
+    "AmortizedSemiImplicitGuide",
     "ElementwiseAffine",
     "FlowGuide",
     "FlowLatent",
+    "ImplicitGuide",
+    "ImplicitLatent",
+    "MixingNetwork",
+    "SemiImplicitGuide",
+    "SemiImplicitLatent",
     "build_flow",
 ]
 
 from .amortized import AmortizedFlowGuide, AmortizedNormal
 from .flows import FLOWS, ElementwiseAffine, FlowGuide, FlowLatent, build_flow
+from .implicit import (
+    AmortizedSemiImplicitGuide,
+    ImplicitGuide,
+    ImplicitLatent,
+    MixingNetwork,
+    SemiImplicitGuide,
+    SemiImplicitLatent,
+)

@@ -226,6 +226,17 @@ class _AmortizedGuide(AutoGuide):
             x.index_select(0, indices.to(x.device)) for x in self._full_observations(args, kwargs)
         )
 
+    def _context_size(self, *batch: Tensor) -> int:
+        r"""The size :math:`C` of the encoder's context, checked to be shaped ``[B, C]``."""
+        with torch.no_grad():
+            context = self.encoder(*batch)
+        if not isinstance(context, Tensor) or context.dim() != 2:
+            raise ValueError(
+                f"the encoder of {type(self).__name__} must return a context shaped [B, C], got "
+                f"{getattr(context, 'shape', type(context))}"
+            )
+        return context.shape[-1]
+
     def _check_prototype(self, part_trace: poutine.Trace) -> None:
         for name, _ in part_trace.iter_stochastic_nodes():
             if name not in self._global_names:
@@ -517,18 +528,11 @@ class AmortizedFlowGuide(_AmortizedGuide):
         )
 
     def _setup_local(self, *batch: Tensor) -> None:
-        with torch.no_grad():
-            context = self.encoder(*batch)
-        if not isinstance(context, Tensor) or context.dim() != 2:
-            raise ValueError(
-                "the encoder of AmortizedFlowGuide must return a context shaped [B, C], got "
-                f"{getattr(context, 'shape', type(context))}"
-            )
         init = self._local_init
         flow = build_flow(
             self._flow_spec[0],
             self.local_dim,
-            context.shape[-1],
+            self._context_size(*batch),
             loc=init.detach().cpu(),
             scale=self._init_scale,
             **self._flow_options,

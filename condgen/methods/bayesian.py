@@ -20,7 +20,8 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..guides import FlowGuide
+from ..guides import FlowGuide, ImplicitGuide, SemiImplicitGuide
+from ..infer import KernelSIVI
 from ..posterior import Posterior
 from ..problem import Problem, _is_neural
 from .base import Method, register
@@ -30,6 +31,8 @@ GUIDES: dict[str, Callable] = {
     "mvn": autoguides.AutoMultivariateNormal,
     "lowrank": autoguides.AutoLowRankMultivariateNormal,
     "flow": FlowGuide,
+    "semi_implicit": SemiImplicitGuide,
+    "implicit": ImplicitGuide,
 }
 
 
@@ -38,8 +41,9 @@ def build_guide(guide: str | Callable | None, problem: Problem) -> Callable:
 
     Arguments:
         guide: A name in :data:`GUIDES` (``"normal"``, ``"mvn"``, ``"lowrank"``, ``"flow"``
-            for a :class:`~condgen.guides.FlowGuide` with a neural spline flow), a Pyro guide
-            (any callable with the model's signature), or None for ``"mvn"``.
+            for a :class:`~condgen.guides.FlowGuide` with a neural spline flow,
+            ``"semi_implicit"``, ``"implicit"``), a Pyro guide (any callable with the model's
+            signature), or None for ``"mvn"``.
         problem: The problem whose conditioned model the guide approximates.
     """
     if guide is None:
@@ -219,17 +223,25 @@ class SVI(Method):
     contains the posterior (a multivariate normal guide on a Gaussian posterior); otherwise
     they under-disperse, as reverse KL is mode-seeking.
 
+    The objective is ``loss`` if given, else the guide's own (its ``default_loss()``: the
+    semi-implicit guide's :class:`~condgen.infer.SIVI_ELBO`, the implicit guide's
+    :class:`~condgen.infer.AdversarialELBO`), else ``Trace_ELBO``.
+
     Arguments:
-        guide: A guide name (``"normal"``, ``"mvn"``, ``"lowrank"``, or ``"flow"`` for a
-            :class:`~condgen.guides.FlowGuide`) or a Pyro guide; by default a full-rank
-            multivariate normal (``AutoMultivariateNormal``).
+        guide: A guide name (``"normal"``, ``"mvn"``, ``"lowrank"``, ``"flow"`` for a
+            :class:`~condgen.guides.FlowGuide`, ``"semi_implicit"``, ``"implicit"``) or a Pyro
+            guide; by default a full-rank multivariate normal (``AutoMultivariateNormal``).
         num_steps: Optimisation steps.
         lr: Initial learning rate of Adam.
         lr_decay: Overall factor by which the learning rate decays over ``num_steps``.
-        num_particles: Particles per ELBO estimate (vectorised).
+        num_particles: Particles per estimate of ``Trace_ELBO`` (vectorised); an objective
+            given or chosen by the guide keeps its own.
+        loss: An objective with Pyro's ``loss_and_grads`` (``Trace_ELBO(...)``,
+            ``condgen.infer.SIVI_ELBO(...)``, ``condgen.infer.KernelSIVI(...)``, ...), or None.
 
     Stats:
-        ``elbo`` (history), ``nfe`` (model evaluations with gradient).
+        ``elbo`` (history; ``ksd``, the kernel Stein discrepancy, with
+        :class:`~condgen.infer.KernelSIVI`), ``nfe`` (model evaluations with gradient).
 
     Example:
         >>> post = condgen.condition(model, data, method="svi", guide="normal", num_steps=3000)
@@ -249,54 +261,73 @@ class SVI(Method):
         lr: float = 0.02,
         lr_decay: float = 0.05,
         num_particles: int = 4,
+        loss: Any = None,
     ):
         if num_steps < 0 or num_particles < 1 or not 0 < lr_decay <= 1:
             raise ValueError("need num_steps >= 0, num_particles >= 1 and 0 < lr_decay <= 1")
+        if loss is not None and not callable(getattr(loss, "loss_and_grads", None)):
+            raise ValueError(
+                f"loss must be an objective with loss_and_grads (e.g. Trace_ELBO(), "
+                f"condgen.infer.SIVI_ELBO()) or None, got {loss!r}"
+            )
         self.guide = guide
+        self.loss = loss
         self.num_steps = num_steps
         self.lr = lr
         self.lr_decay = lr_decay
         self.num_particles = num_particles
 
+    def objective(self, guide: Callable, problem: Problem) -> Any:
+        r"""The objective that trains ``guide``: ``loss``, the guide's ``default_loss()`` or
+        ``Trace_ELBO``."""
+        if self.loss is not None:
+            return self.loss
+        if hasattr(guide, "default_loss"):
+            return guide.default_loss(max_plate_nesting=problem.max_plate_nesting)
+        return Trace_ELBO(
+            num_particles=self.num_particles,
+            vectorize_particles=True,
+            max_plate_nesting=problem.max_plate_nesting,
+        )
+
     def fit(self, problem: Problem, progress: bool = True) -> tuple[Callable, list[float]]:
         r"""Fits the guide to the problem's posterior.
 
         Returns:
-            The fitted guide and the ELBO history.
+            The fitted guide and the history of the ELBO (or of the KSD, see Stats).
         """
         problem.require_continuous(self.name)
         guide = build_guide(self.guide, problem)
         optim = pyro.optim.ClippedAdam(
             {"lr": self.lr, "lrd": self.lr_decay ** (1 / max(self.num_steps, 1))}
         )
-        loss = Trace_ELBO(
-            num_particles=self.num_particles,
-            vectorize_particles=True,
-            max_plate_nesting=problem.max_plate_nesting,
-        )
+        loss = self.objective(guide, problem)
+        sign, name = (1, "KSD") if isinstance(loss, KernelSIVI) else (-1, "ELBO")
         svi = PyroSVI(problem.conditioned_model, guide, optim, loss)
-        elbo = []
+        history = []
         with tqdm(range(self.num_steps), desc="SVI", disable=not progress) as bar:
             for step in bar:
-                value = -svi.step(*problem.args, **problem.kwargs)
+                value = sign * svi.step(*problem.args, **problem.kwargs)
                 if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"the ELBO became {value} at step {step}; lower lr (now {self.lr}) or "
+                        f"the {name} became {value} at step {step}; lower lr (now {self.lr}) or "
                         "check the model for invalid parameter values"
                     )
-                elbo.append(value)
+                history.append(value)
                 if step % 50 == 0:
-                    bar.set_postfix(elbo=f"{value:.4g}")
-        return guide, elbo
+                    bar.set_postfix({name.lower(): f"{value:.4g}"})
+        self._loss = loss
+        return guide, history
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         with pyro.get_param_store().scope():
-            guide, elbo = self.fit(problem, progress)
+            guide, history = self.fit(problem, progress)
             values, _ = problem.sample_guide(guide, num_samples)
+        key = "ksd" if isinstance(self._loss, KernelSIVI) else "elbo"
         return Posterior(
             problem,
             {k: v.unsqueeze(0) for k, v in values.items()},
-            stats={"elbo": elbo, "nfe": self.num_steps * self.num_particles},
+            stats={key: history, "nfe": self.num_steps * self._loss.num_particles},
             method=self.name,
         )
 
