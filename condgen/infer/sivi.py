@@ -284,7 +284,7 @@ class KernelSIVI(_ParticleObjective):
             score_p = torch.autograd.grad(log_p.sum(), u, create_graph=differentiable)[0]
         diff = (score_p - site["fn"].conditional_score(u)).reshape(n, -1)
         u = u.reshape(n, -1)
-        squared = torch.cdist(u, u).square()
+        squared = (u.unsqueeze(1) - u).square().sum(-1)  # cdist has no gradient at 0
         if self.bandwidth is None:
             pairs = squared[torch.triu_indices(n, n, 1, device=u.device).unbind()]
             h2 = pairs.detach().median() / (2 * math.log(n + 1))
