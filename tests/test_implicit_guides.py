@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import condgen
 from condgen.evaluate import sliced_wasserstein
 from condgen.guides import (
+    AmortizedImplicitGuide,
     AmortizedSemiImplicitGuide,
     ImplicitGuide,
     SemiImplicitGuide,
@@ -422,6 +423,35 @@ def test_amortized_semi_implicit_with_global_latent_in_condition():
     )
     assert post.samples["z"].shape == (1, 500, 40)
     assert abs(post.samples["mu"].mean() - x.mean()) < 0.15
+
+
+def test_amortized_implicit_guide_in_condition():
+    r"""``ImplicitGuide(..., encoder=...)``: an amortized generator of the local ``z_i`` beside
+    an AutoNormal ``mu``, trained by AdversarialELBO (16 particles, so 16 draws per datum for
+    its per-datum contrast), 300 steps through ``condition``. Exact: ``mu | x`` has mean
+    0.9988 mean(x) (1.901) and sd 0.177; ``z_i | mu, x_i`` has mean (mu + 4 x_i) / 5 and sd
+    0.447. Measured (one thread, 6 s): mu mean 1.893, sd 0.158; z sd 0.456 on average, its
+    mean at most 0.08 off. Bounds: 0.15 on the means, z sd in [0.35, 0.6]."""
+    torch.manual_seed(0)
+    x = 2.0 + 1.2 * torch.randn(40)
+    encoder = nn.Sequential(nn.Unflatten(-1, (-1, 1)), nn.Linear(1, 4))
+    guide = ImplicitGuide(hierarchical_model, hidden=(16,), encoder=encoder, data={"x": x})
+    assert isinstance(guide, AmortizedImplicitGuide)
+    post = condgen.condition(
+        hierarchical_model,
+        {"x": x},
+        method="svi",
+        guide=guide,
+        loss=AdversarialELBO(num_particles=16),
+        num_steps=300,
+        num_samples=500,
+        seed=0,
+        progress=False,
+    )
+    mu, z = post.samples["mu"][0], post.samples["z"][0]
+    assert abs(mu.mean() - 0.9988 * x.mean()) < 0.15
+    assert (z.mean(0) - (mu.mean() + 4 * x) / 5).abs().max() < 0.15
+    assert 0.35 < z.std(0).mean() < 0.6
 
 
 # -------------------------------------------------------------------------------- errors

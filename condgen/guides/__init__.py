@@ -4,6 +4,7 @@ implicit guides."""
 __all__ = [
     "FLOWS",
     "AmortizedFlowGuide",
+    "AmortizedImplicitGuide",
     "AmortizedNormal",
     "AmortizedSemiImplicitGuide",
     "ElementwiseAffine",
@@ -20,6 +21,7 @@ __all__ = [
 from .amortized import AmortizedFlowGuide, AmortizedNormal
 from .flows import FLOWS, ElementwiseAffine, FlowGuide, FlowLatent, build_flow
 from .implicit import (
+    AmortizedImplicitGuide,
     AmortizedSemiImplicitGuide,
     ImplicitGuide,
     ImplicitLatent,

@@ -3,6 +3,7 @@ r"""Semi-implicit and implicit guides: latents pushed forward from noise through
 from __future__ import annotations
 
 __all__ = [
+    "AmortizedImplicitGuide",
     "AmortizedSemiImplicitGuide",
     "ImplicitGuide",
     "ImplicitLatent",
@@ -157,6 +158,8 @@ class ImplicitLatent(_NoiseLatent):
         features: The dimension :math:`D`.
         base_batch: The batch shape of the generator's draws.
         batch_shape: The batch shape (default ``base_batch``).
+        context: The context the generator draws given, ``[*base_batch, C]`` (an amortized
+            guide's encoding of each datum), for a discriminator to see.
     """
 
     def __init__(
@@ -165,10 +168,15 @@ class ImplicitLatent(_NoiseLatent):
         features: int,
         base_batch: tuple[int, ...] = (),
         batch_shape: Size | None = None,
+        context: Tensor | None = None,
     ):
         super().__init__(
             generator, features, base_batch, base_batch if batch_shape is None else batch_shape
         )
+        self.context = context
+
+    def expand(self, batch_shape: Size, _instance: Any = None) -> ImplicitLatent:
+        return ImplicitLatent(self.draw, self.features, self.base_batch, batch_shape, self.context)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         return self.draw(self._shape(sample_shape))
@@ -241,11 +249,15 @@ class MixingNetwork(nn.Module):
         self.net = _network(noise_dim + context, features, hidden, loc, scale, heads=2)
 
     def forward(self, noise: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if context is not None:
-            context = context.expand(*noise.shape[:-1], context.shape[-1])
-            noise = torch.cat((noise, context), -1)
-        loc, log_scale = self.net(noise).chunk(2, -1)
+        loc, log_scale = self.net(_with_context(noise, context)).chunk(2, -1)
         return loc, log_scale.exp()
+
+
+def _with_context(noise: Tensor, context: Tensor | None) -> Tensor:
+    r"""Noise ``[*S, *batch, E]`` and a context ``[*batch, C]`` side by side."""
+    if context is None:
+        return noise
+    return torch.cat((noise, context.expand(*noise.shape[:-1], context.shape[-1])), -1)
 
 
 def _mixing_noise(shape: Size, noise_dim: int, components: int, like: Tensor) -> Tensor:
@@ -259,6 +271,14 @@ def _mixing_noise(shape: Size, noise_dim: int, components: int, like: Tensor) ->
     sign = 1 - 2 * (c >= half).to(noise)
     code = nn.functional.one_hot(c % half, half).to(noise) * sign.unsqueeze(-1)
     return torch.cat((noise, _COMPONENT_SCALE * code), -1)
+
+
+def _avb_loss(self, **options: Any):
+    r"""The objective this guide trains with by default:
+    :class:`~condgen.infer.AdversarialELBO` with ``options``."""
+    from ..infer.avb import AdversarialELBO  # condgen.infer imports the guides
+
+    return AdversarialELBO(**options)
 
 
 def _sivi_loss(self, **options: Any):
@@ -528,6 +548,8 @@ class ImplicitGuide(_NoiseGuide):
         hidden: The hidden layers of the default generator.
         init_loc_fn: A per-site initialisation for the default generator's centre.
         init_scale: The default generator's initial spread.
+        encoder: An encoder of a data plate's observations: then the guide built is an
+            :class:`AmortizedImplicitGuide` of the plate's local latents.
 
     Example:
         >>> guide = ImplicitGuide(model, noise_dim=4)
@@ -547,33 +569,138 @@ class ImplicitGuide(_NoiseGuide):
         *,
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
+        encoder: None = None,
     ):
-        if generator is not None and not callable(generator):
-            raise ValueError(f"generator must be a module or callable, got {generator!r}")
-        if generator is not None and noise_dim is None:
-            raise ValueError("noise_dim is required with a generator: its input dimension")
+        _check_generator(generator, noise_dim)
         super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale)
         self.generator = generator
 
+    def __new__(cls, model: Callable, *args: Any, encoder: Callable | None = None, **kwargs: Any):
+        if encoder is not None:  # the amortized form, for local latents in a data plate
+            return AmortizedImplicitGuide(model, encoder, *args, **kwargs)
+        return super().__new__(cls)
+
     def _build(self, loc: Tensor) -> None:
-        if self.noise_dim < self.latent_dim:
-            raise ValueError(
-                f"noise_dim ({self.noise_dim}) must be at least the latent dimension "
-                f"({self.latent_dim}): a generator of fewer noise dimensions has no density"
-            )
-        if self.generator is None:
-            net = _network(self.noise_dim, self.latent_dim, self.hidden, loc, self._init_scale, 1)
-            self.generator = net.to(device=loc.device, dtype=loc.dtype)
+        self.generator = _generator(self, self.latent_dim, 0, loc)
 
     def _posterior(self) -> ImplicitLatent:
         return ImplicitLatent(lambda shape: self.generator(self._noise(shape)), self.latent_dim)
 
-    def default_loss(self, **options: Any):
-        r"""The objective this guide trains with by default:
-        :class:`~condgen.infer.AdversarialELBO` with ``options``."""
-        from ..infer.avb import AdversarialELBO  # condgen.infer imports the guides
+    default_loss = _avb_loss
 
-        return AdversarialELBO(**options)
+
+class AmortizedImplicitGuide(_AmortizedGuide):
+    r"""An amortized implicit guide: the local latents of each datum are drawn by a generator
+    of noise and of a context that an encoder computes from the datum's observation,
+    :math:`u_i = G(\epsilon_i, c_i)`, :math:`c_i = \mathrm{encoder}(x_i)`, without a density.
+
+    It trains with :class:`~condgen.infer.AdversarialELBO` (:meth:`default_loss`), whose
+    discriminator then sees each datum's context beside its standardised draws, and whose
+    moment-matched contrast is per datum (over the particles, so use several). The global
+    latents get a non-amortized guide (:class:`~pyro.infer.autoguide.AutoNormal` by default),
+    whose density is exact. The model contract (data plate, observations, subsampling) is
+    :class:`~condgen.guides.AmortizedNormal`'s; the encoder returns the context, ``[B, C]``.
+    ``ImplicitGuide(model, ..., encoder=encoder)`` builds one.
+
+    Arguments:
+        model: A Pyro model.
+        encoder: A callable (an ``nn.Module`` to train it) from observation batches to a
+            context ``[B, C]``.
+        generator: A module from ``[..., noise_dim + C]`` (noise, then context) to
+            ``[..., D]``; by default an MLP with ``hidden`` layers.
+        noise_dim: The dimension of :math:`\epsilon`, at least the local dimension :math:`D`
+            (its default). Required with a ``generator``.
+        hidden: The hidden layers of the default generator.
+        local: The local sites (default every latent site inside the data plate).
+        plate: The data plate's name (default: found).
+        data: Observations by site name, full size, applied with :func:`pyro.condition`.
+        observations: A function of the model's arguments returning the encoder's input.
+        global_guide: A function from a model (the global part) to a guide.
+        init_loc_fn: The initialisation of the default generator's centre and of the global
+            guide.
+        init_scale: The default generator's initial spread.
+
+    Example:
+        >>> guide = ImplicitGuide(model, encoder=encoder)  # encoder: [B] -> [B, 4]
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), guide.default_loss())
+
+    References:
+        | Adversarial Variational Bayes (Mescheder et al., 2017)
+        | https://arxiv.org/abs/1701.04722
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        encoder: Callable,
+        generator: nn.Module | None = None,
+        noise_dim: int | None = None,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        local: Sequence[str] | None = None,
+        plate: str | None = None,
+        data: Mapping[str, Tensor] | None = None,
+        observations: Callable[..., Tensor | Sequence[Tensor]] | None = None,
+        global_guide: Callable[[Callable], Callable] | None = None,
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+    ):
+        _check_options(noise_dim, hidden, init_scale)
+        _check_generator(generator, noise_dim)
+        self.noise_dim, self.hidden, self._init_scale = noise_dim, tuple(hidden), init_scale
+        self.generator = generator
+        super().__init__(
+            model,
+            encoder,
+            local=local,
+            plate=plate,
+            data=data,
+            observations=observations,
+            global_guide=global_guide,
+            init_loc_fn=init_loc_fn,
+        )
+
+    def _setup_local(self, *batch: Tensor) -> None:
+        if self.noise_dim is None:
+            self.noise_dim = self.local_dim
+        context = self._context_size(*batch)
+        self.generator = _generator(self, self.local_dim, context, self._local_init.detach())
+        super()._setup_local(*batch)
+
+    def _local_posterior(self, *batch: Tensor, inner: int = 0) -> ImplicitLatent:
+        context = _datum_major(self.encoder(*batch), inner)
+        base = context.shape[:-1]
+
+        def draw(shape: Size) -> Tensor:
+            noise = torch.randn(
+                *shape, *base, self.noise_dim, dtype=context.dtype, device=context.device
+            )
+            return self.generator(_with_context(noise, context))
+
+        return ImplicitLatent(draw, self.local_dim, base, context=context)
+
+    default_loss = _avb_loss
+
+
+def _generator(guide: Any, features: int, context: int, loc: Tensor) -> nn.Module:
+    r"""The guide's generator, checked, or its default MLP from noise and context."""
+    if guide.noise_dim < features:
+        raise ValueError(
+            f"noise_dim ({guide.noise_dim}) must be at least the latent dimension "
+            f"({features}): a generator of fewer noise dimensions has no density"
+        )
+    if guide.generator is not None:
+        return guide.generator
+    inputs = guide.noise_dim + context
+    net = _network(inputs, features, guide.hidden, loc.cpu(), guide._init_scale, 1)
+    return net.to(device=loc.device, dtype=loc.dtype)
+
+
+def _check_generator(generator: Any, noise_dim: int | None) -> None:
+    if generator is not None and not callable(generator):
+        raise ValueError(f"generator must be a module or callable, got {generator!r}")
+    if generator is not None and noise_dim is None:
+        raise ValueError("noise_dim is required with a generator: its input dimension")
 
 
 def _check_mixing(components: int, num_inner: int) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from zuko.nn import MLP
 
-from ..guides.implicit import ImplicitLatent, _normal_log_prob
+from ..guides.implicit import ImplicitLatent, _normal_log_prob, _with_context
 from .sivi import _ParticleObjective
 
 
@@ -37,6 +37,10 @@ class AdversarialELBO(_ParticleObjective):
     against :math:`r` leaves the discriminator a ratio close to one to learn, instead of
     :math:`q / p` (a posterior against the prior), which is far.
 
+    For an amortized guide (:class:`~condgen.guides.AmortizedImplicitGuide`) the contrast is
+    per datum, its moments taken over the particles, and the discriminator sees each datum's
+    context beside its draws: :math:`T(v_i, c_i)`.
+
     :meth:`log_ratio` gives the resulting estimate of :math:`\log q(u) - \log p(u)` (guide
     against prior, in unconstrained space). The method is sensitive to learning rates: the
     guide's must stay small against the discriminator's, or :math:`T` lags behind :math:`q` and
@@ -44,8 +48,9 @@ class AdversarialELBO(_ParticleObjective):
     estimate needs no game, unless the guide must be a free-form generator.
 
     Arguments:
-        discriminator: A module from standardised draws ``[N, D]`` to scores ``[N]`` or
-            ``[N, 1]``; by default an MLP with ``hidden`` layers (built at the first call).
+        discriminator: A module from standardised draws ``[..., D]`` (for an amortized guide,
+            followed by the datum's context: ``[..., D + C]``) to scores ``[..., 1]``; by
+            default an MLP with ``hidden`` layers (built at the first call).
         hidden: The hidden layers of the default discriminator.
         lr: The discriminator's Adam learning rate.
         discriminator_steps: Discriminator updates per call of :meth:`loss_and_grads`.
@@ -99,19 +104,21 @@ class AdversarialELBO(_ParticleObjective):
         self.discriminator.to(device=like.device, dtype=like.dtype)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr)
 
-    def _score(self, v: Tensor, detach: bool = False) -> Tensor:
+    def _score(self, v: Tensor, context: Tensor | None, detach: bool = False) -> Tensor:
+        r""":math:`T` at standardised draws ``[..., D]`` (beside their context): ``[...]``."""
+        inputs = _with_context(v, context)
         if detach:  # T as a fixed function: gradients reach v, not T's parameters
             params = {k: p.detach() for k, p in self.discriminator.named_parameters()}
-            out = functional_call(self.discriminator, params, (v,))
+            out = functional_call(self.discriminator, params, (inputs,))
         else:
-            out = self.discriminator(v)
-        return out.reshape(len(v))
+            out = self.discriminator(inputs)
+        return out.reshape(v.shape[:-1])
 
-    def _train_discriminator(self, v: Tensor) -> None:
+    def _train_discriminator(self, v: Tensor, context: Tensor | None) -> None:
         for _ in range(self.discriminator_steps):
             contrast = torch.randn_like(v)
-            loss = nn.functional.softplus(-self._score(v)).mean()
-            loss = loss + nn.functional.softplus(self._score(contrast)).mean()
+            loss = nn.functional.softplus(-self._score(v, context)).mean()
+            loss = loss + nn.functional.softplus(self._score(contrast, context)).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -120,23 +127,23 @@ class AdversarialELBO(_ParticleObjective):
         n = self.num_particles
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         site = self._noise_site(guide_trace, ImplicitLatent)
-        if site["value"].numel() != n * site["fn"].features:
-            raise ValueError(
-                "AdversarialELBO needs a guide of global latents (an ImplicitGuide without "
-                "encoder)"
-            )
-        u = site["value"].reshape(n, -1)
+        features = site["fn"].features
+        u = site["value"].reshape(n, -1, features)  # [particles, data (1 if global), D]
+        context = site["fn"].context
+        if context is not None:  # an amortized guide: per datum, beside its context
+            context = context.detach().reshape(u.shape[1], -1)
         if self.optimizer is None:
-            self._setup(u.shape[-1], u)
+            size = features + (0 if context is None else context.shape[-1])
+            self._setup(size, u)
         loc, scale = u.detach().mean(0), u.detach().std(0).clamp_min(1e-6)
         self.moments = (loc, scale)
         v = (u - loc) / scale
         if torch.is_grad_enabled():
             with torch.enable_grad():
-                self._train_discriminator(v.detach())
-        log_r = _normal_log_prob(u, loc, scale)
+                self._train_discriminator(v.detach(), context)
+        log_q = _normal_log_prob(u, loc, scale) + self._score(v, context, detach=True)
         log_p = self._log_density(model_trace, guide_trace, n)
-        return -(log_p - log_r - self._score(v, detach=True)).mean()
+        return -(log_p - site["scale"] * log_q.sum(-1)).mean()
 
     def log_ratio(
         self, model: Callable, guide: Callable, latent: Tensor, *args: Any, **kwargs: Any
@@ -158,6 +165,8 @@ class AdversarialELBO(_ParticleObjective):
         """
         if self.moments is None:
             raise ValueError("log_ratio needs a trained discriminator: call loss_and_grads first")
+        if self.moments[0].shape[0] != 1:
+            raise ValueError("log_ratio is for guides of global latents, not amortized ones")
         n = len(latent)
         with torch.no_grad():
             _, guide_trace = self._traces(model, guide, args, kwargs, num_particles=1)
@@ -167,6 +176,6 @@ class AdversarialELBO(_ParticleObjective):
                 model, guide, args, kwargs, n, {name: latent.reshape(shape)}
             )
             log_prior = self._log_density(model_trace, guide_trace, n, observed=False)
-            loc, scale = self.moments
+            loc, scale = (m[0] for m in self.moments)
             log_r = _normal_log_prob(latent, loc, scale)
-            return self._score((latent - loc) / scale) + log_r - log_prior
+            return self._score((latent - loc) / scale, None) + log_r - log_prior
