@@ -490,6 +490,19 @@ def test_bad_arguments_name_themselves():
         AdversarialELBO().log_ratio(correlated, ImplicitGuide(correlated), torch.zeros(3, 2), y)
 
 
+def test_importance_refuses_implicit_guide():
+    with pytest.raises(ValueError, match="no density"):
+        condgen.condition(
+            correlated,
+            {"y": torch.tensor(1.0)},
+            method="importance",
+            guide="implicit",
+            num_steps=2,
+            num_samples=10,
+            progress=False,
+        )
+
+
 def test_non_finite_loss_raises():
     def broken(y=None):
         theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))

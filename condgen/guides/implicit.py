@@ -50,9 +50,6 @@ class _NoiseLatent(TorchDistribution):
         torch.broadcast_shapes(self.base_batch, batch_shape)
         super().__init__(Size(batch_shape), Size([features]), validate_args=False)
 
-    def expand(self, batch_shape: Size, _instance: Any = None) -> _NoiseLatent:
-        return type(self)(self.draw, self.features, self.base_batch, Size(batch_shape))
-
     def _shape(self, sample_shape: Size) -> Size:
         extra = len(self.batch_shape) - len(self.base_batch)
         return Size(sample_shape) + self.batch_shape[:extra]

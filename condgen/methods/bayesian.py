@@ -400,6 +400,11 @@ class Importance(Method):
             with pyro.get_param_store().scope():
                 guide, _ = svi.fit(problem, progress)
                 values, log_q = problem.sample_guide(guide, num_samples)
+            if torch.isnan(log_q).all():
+                raise ValueError(
+                    f"the guide {type(guide).__name__} has no density to weight its draws by (an "
+                    "implicit guide); use guide='semi_implicit' or 'flow', or proposal='prior'"
+                )
             with torch.no_grad():
                 log_weights = problem.log_joint(values) - log_q
             nfe += svi.num_steps * svi.num_particles
