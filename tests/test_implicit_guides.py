@@ -247,7 +247,8 @@ def test_sivi_density_estimate_bias_shrinks_with_inner_draws():
     :math:`\log \hat q_K` is too high on average, less so as :math:`K` grows (so the bound
     rises with :math:`K`). For the untrained guide of the two-mode model, the mean over 50,000
     draws was -3.04, -3.22 and -3.27 for K = 1, 10 and 1000 (standard error about 0.01; in
-    another run K = 100 and 1000 both gave -3.27). Bounds: K = 1 above K = 10 by 0.1, K = 10 above K = 1000 by 0.02."""
+    another run K = 100 and 1000 both gave -3.27). Bounds: K = 1 above K = 10 by 0.1, K = 10
+    above K = 1000 by 0.02."""
     pyro.set_rng_seed(0)
     guide = SemiImplicitGuide(two_mode, hidden=(16,))
     guide(TWO_MODE_Y)
