@@ -11,6 +11,7 @@ Figures measured on one CPU thread are in each test's docstring.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -219,7 +220,7 @@ def test_predictive_sample_guide_and_support(kind):
 
 def test_semi_implicit_log_prob_and_state_dict():
     r"""With a constant mixing (last layer zeroed), the guide is a Gaussian and the estimate is
-    exact; a saved and loaded guide draws the same values."""
+    exact; a saved and loaded guide, and a copy, draw the same values."""
     torch.manual_seed(0)
     guide = SemiImplicitGuide(gamma_poisson, hidden=(8,))
     guide(COUNTS)
@@ -240,6 +241,8 @@ def test_semi_implicit_log_prob_and_state_dict():
     expected = guide(COUNTS)["rate"]
     pyro.set_rng_seed(1)
     assert torch.equal(loaded(COUNTS)["rate"], expected)
+    pyro.set_rng_seed(1)
+    assert torch.equal(copy.deepcopy(guide)(COUNTS)["rate"], expected)
 
 
 def test_sivi_density_estimate_bias_shrinks_with_inner_draws():

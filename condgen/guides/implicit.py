@@ -395,10 +395,10 @@ class SemiImplicitGuide(_NoiseGuide):
         self.num_inner, self.components = num_inner, components
         super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale)
 
-    def __new__(cls, model: Callable, *args: Any, encoder: Callable | None = None, **kwargs: Any):
+    def __new__(cls, *args: Any, encoder: Callable | None = None, **kwargs: Any):
         if encoder is not None:  # the amortized form, for local latents in a data plate
-            return AmortizedSemiImplicitGuide(model, encoder, *args, **kwargs)
-        return super().__new__(cls)
+            return AmortizedSemiImplicitGuide(args[0], encoder, *args[1:], **kwargs)
+        return super().__new__(cls)  # also when unpickled (no arguments)
 
     def _build(self, loc: Tensor) -> None:
         inputs = self.noise_dim + self.components // 2
@@ -572,10 +572,10 @@ class ImplicitGuide(_NoiseGuide):
         super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale)
         self.generator = generator
 
-    def __new__(cls, model: Callable, *args: Any, encoder: Callable | None = None, **kwargs: Any):
+    def __new__(cls, *args: Any, encoder: Callable | None = None, **kwargs: Any):
         if encoder is not None:  # the amortized form, for local latents in a data plate
-            return AmortizedImplicitGuide(model, encoder, *args, **kwargs)
-        return super().__new__(cls)
+            return AmortizedImplicitGuide(args[0], encoder, *args[1:], **kwargs)
+        return super().__new__(cls)  # also when unpickled (no arguments)
 
     def _build(self, loc: Tensor) -> None:
         self.generator = _generator(self, self.latent_dim, 0, loc)
