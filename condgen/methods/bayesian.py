@@ -316,18 +316,18 @@ class SVI(Method):
                 history.append(value)
                 if step % 50 == 0:
                     bar.set_postfix({name.lower(): f"{value:.4g}"})
-        self._loss = loss
         return guide, history
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         with pyro.get_param_store().scope():
             guide, history = self.fit(problem, progress)
             values, _ = problem.sample_guide(guide, num_samples)
-        key = "ksd" if isinstance(self._loss, KernelSIVI) else "elbo"
+        loss = self.objective(guide, problem)
+        key = "ksd" if isinstance(loss, KernelSIVI) else "elbo"
         return Posterior(
             problem,
             {k: v.unsqueeze(0) for k, v in values.items()},
-            stats={key: history, "nfe": self.num_steps * self._loss.num_particles},
+            stats={key: history, "nfe": self.num_steps * loss.num_particles},
             method=self.name,
         )
 
