@@ -538,3 +538,33 @@ def test_non_finite_loss_raises():
     for loss in (SIVI_ELBO(), KernelSIVI(num_particles=8)):
         with pyro.validation_enabled(False), pytest.raises(FloatingPointError, match="learning"):
             loss.loss_and_grads(broken, SemiImplicitGuide(broken))
+
+
+def test_svi_method_reports_the_objective_it_ran():
+    """condition(method="svi") records the ELBO for the guide's default objective, the kernel
+    Stein discrepancy for KernelSIVI, and counts the objective's own particles."""
+
+    def model(y=None):
+        theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("y", dist.Normal(theta, 1.0).to_event(1), obs=y)
+
+    data = {"y": torch.tensor([0.5, -0.5])}
+    runs = {
+        "elbo": {},
+        "ksd": {"loss": KernelSIVI(num_particles=8)},
+    }
+    for key, options in runs.items():
+        post = condgen.condition(
+            model,
+            data,
+            method="svi",
+            guide="semi_implicit",
+            num_steps=5,
+            num_samples=20,
+            progress=False,
+            seed=0,
+            **options,
+        )
+        assert len(post.stats[key]) == 5 and all(map(math.isfinite, post.stats[key]))
+        assert post.stats["nfe"] == 5 * (8 if key == "ksd" else SIVI_ELBO().num_particles)
+        assert "posterior" in post.to_arviz().groups()
