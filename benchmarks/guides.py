@@ -38,7 +38,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
 import torch
 from common import machine, write_section
 from pyro.distributions.transforms import iterated, spline_autoregressive
@@ -47,7 +46,7 @@ from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
 from torch import Tensor
 
 import condgen as cg
-from condgen.evaluate import sliced_wasserstein
+from condgen.evaluate import Banana, sliced_wasserstein
 from condgen.guides import FlowGuide
 
 SECTION = "Guides"
@@ -61,45 +60,9 @@ TRANSFORMS = 3
 # -------------------------------------------------------------------------------- tasks
 
 
-def _grid_draws(log_density: Callable, n: int, generator: torch.Generator) -> Tensor:
-    grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
-    values = log_density(grid)
-    cdf = torch.cumsum((values - values.max()).exp(), 0)
-    cdf = cdf / cdf[-1]
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    i = torch.searchsorted(cdf, u).clamp(1, len(grid) - 1)
-    w = ((u - cdf[i - 1]) / (cdf[i] - cdf[i - 1]).clamp_min(1e-300)).clamp(0, 1)
-    return grid[i - 1] + w * (grid[i] - grid[i - 1])
-
-
-def bananas_model(pairs: int) -> Callable:
-    r"""``pairs`` independent 2-D bananas: ``z ~ N(0, I)``, ``y_k ~ N(z_{2k+1} - z_{2k}^2,
-    0.3^2)``."""
-
-    def model(y=None):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2 * pairs]).to_event(1))
-        curve = z[..., 1::2] - z[..., 0::2] ** 2
-        pyro.sample("y", dist.Normal(curve, NOISE).to_event(1), obs=y)
-
-    return model
-
-
 def bananas_exact(y: Tensor, n: int, seed: int) -> Tensor:
-    r"""Exact posterior draws of :func:`bananas_model`, pair by pair."""
-    generator = torch.Generator().manual_seed(seed)
-    s2 = NOISE**2
-    columns = []
-    for value in y.double().tolist():
-
-        def log_marginal(a, value=value):  # y | z_1 ~ N(-z_1^2, 1 + s^2)
-            return -(a**2) / 2 - (value + a**2) ** 2 / (2 * (1 + s2))
-
-        z1 = _grid_draws(log_marginal, n, generator)
-        precision = 1 + 1 / s2
-        z2 = (value + z1**2) / s2 / precision
-        z2 = z2 + torch.randn(n, generator=generator, dtype=torch.float64) / precision**0.5
-        columns += [z1, z2]
-    return torch.stack(columns, -1).float()
+    r"""Exact posterior draws of the bananas, pair by pair (:class:`condgen.evaluate.Banana`)."""
+    return Banana(y, NOISE).reference_samples(n, seed)["z"]
 
 
 TASKS = {
@@ -138,7 +101,7 @@ def run(
 ) -> dict:
     r"""Fits one guide, timing its steps, and scores it at the checkpoints."""
     y = TASKS[task]
-    problem = cg.Problem(bananas_model(len(y)), {"y": y})
+    problem = cg.Problem(Banana(y, NOISE).model, {"y": y})
     reference = bananas_exact(y, NUM_DRAWS, seed=seed + 1000)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)

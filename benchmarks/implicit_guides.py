@@ -1,7 +1,8 @@
 r"""Semi-implicit guide: condgen's :class:`~condgen.guides.SemiImplicitGuide` (trained with its
 default objective, :class:`~condgen.infer.SIVI_ELBO`) against ``AutoNormal``,
 ``AutoMultivariateNormal`` and condgen's :class:`~condgen.guides.FlowGuide` (NSF) on the 2-D
-toy posteriors of ``tests/test_implicit_guides.py``, whose exact samplers it reuses:
+toy posteriors of ``condgen.evaluate`` (``TwoModes``, ``TargetDensity``), with their exact
+samplers:
 
 * **two-mode**: :math:`\theta \sim \mathcal{N}(0, 9 I_2)`, :math:`y \sim
   \mathcal{N}((\theta_1^2, \theta_2), 0.5^2 I)` at :math:`y = (4, 0)`, modes at
@@ -43,25 +44,26 @@ from pyro.infer import SVI
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import condgen as cg
-from condgen.evaluate import sliced_wasserstein
+from condgen.evaluate import TargetDensity, TwoModes, sliced_wasserstein
 from condgen.guides import FlowGuide, SemiImplicitGuide
-
-# the targets and their exact samplers are the tests'
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import test_implicit_guides as toys
 
 SECTION = "Implicit guides"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NUM_DRAWS = 2000
 
 
-def tasks() -> dict[str, tuple[Callable, dict, Callable[[int], torch.Tensor]]]:
-    r"""Model, data and exact sampler (of a seed) by task name."""
-    found = {"two-mode": (toys.two_mode, {"y": toys.TWO_MODE_Y}, toys.two_mode_exact)}
-    for name, log_density in toys.TARGETS.items():
-        sampler = lambda n, seed, f=log_density: toys.grid_exact(f, n, seed)  # noqa: E731
-        found[name.replace("_", "-")] = (toys._factor_model(log_density), {}, sampler)
-    return found
+def tasks() -> dict[str, tuple[Callable, dict, Callable[[int, int], torch.Tensor]]]:
+    r"""Model, data and exact sampler (of a size and a seed) by task name."""
+    found = {
+        "two-mode": TwoModes(),
+        "banana": TargetDensity.banana(),
+        "x-shaped": TargetDensity.x_shaped(),
+    }
+
+    def sampler(task):
+        return lambda n, seed: task.reference_samples(n, seed)["theta"]
+
+    return {name: (task.model, task.data, sampler(task)) for name, task in found.items()}
 
 
 GUIDES: dict[str, Callable] = {

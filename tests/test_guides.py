@@ -3,9 +3,10 @@ r"""Tests of condgen.guides: FlowGuide, AmortizedNormal and AmortizedFlowGuide.
 Statistical checks compare with exact posteriors. The banana and funnel posteriors are 2-D,
 with an exact sampler: one coordinate's marginal is a 1-D density, drawn by inverse CDF on a
 fine grid (200,001 points, so the discretisation error is far below the Monte Carlo error),
-and the other coordinate given it is Gaussian. Distances are sliced Wasserstein (SW2) between
-2000 guide draws and 2000 exact draws; two independent sets of 2000 exact draws are about
-0.03 (banana) and 0.05 (funnel) apart, the floor of the measure.
+and the other coordinate given it is Gaussian (the samplers of ``condgen.evaluate.Banana`` and
+``Funnel``, checked against quadrature in tests/test_tasks.py). Distances are sliced
+Wasserstein (SW2) between 2000 guide draws and 2000 exact draws; two independent sets of 2000
+exact draws are about 0.03 (banana) and 0.05 (funnel) apart, the floor of the measure.
 
 Measured on the CI machine (one thread; seed 0 is the one run, seeds 1-2 for the spread):
 
@@ -33,7 +34,7 @@ from pyro.infer.autoguide import init_to_value
 from torch import Tensor, nn
 
 import condgen
-from condgen.evaluate import sliced_wasserstein
+from condgen.evaluate import Banana, Funnel, sliced_wasserstein
 from condgen.guides import FLOWS, AmortizedFlowGuide, AmortizedNormal, FlowGuide, build_flow
 
 torch.set_num_threads(1)
@@ -43,18 +44,6 @@ SVI_STEPS = 800
 
 
 # ------------------------------------------------------------------------- exact posteriors
-
-
-def _grid_draws(log_density, low: float, high: float, n: int, generator) -> Tensor:
-    r"""Draws from a 1-D unnormalised density by inverse CDF on a fine grid."""
-    grid = torch.linspace(low, high, 200_001, dtype=torch.float64)
-    density = (log_density(grid) - log_density(grid).max()).exp()
-    cdf = torch.cumsum(density, 0)
-    cdf = cdf / cdf[-1]
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    i = torch.searchsorted(cdf, u).clamp(1, len(grid) - 1)
-    w = ((u - cdf[i - 1]) / (cdf[i] - cdf[i - 1]).clamp_min(1e-300)).clamp(0, 1)
-    return grid[i - 1] + w * (grid[i] - grid[i - 1])
 
 
 BANANA_NOISE = 0.3
@@ -67,14 +56,7 @@ def banana(y=None):
 
 
 def banana_exact(y: float, n: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    s2 = BANANA_NOISE**2
-    # y | z_1 ~ N(-z_1^2, 1 + s^2), and z_2 | z_1, y is Gaussian
-    z1 = _grid_draws(lambda a: -(a**2) / 2 - (y + a**2) ** 2 / (2 * (1 + s2)), -6, 6, n, generator)
-    precision = 1 + 1 / s2
-    mean = (y + z1**2) / s2 / precision
-    z2 = mean + torch.randn(n, generator=generator, dtype=torch.float64) / precision**0.5
-    return torch.stack([z1, z2], -1).float()
+    return Banana(y, BANANA_NOISE).reference_samples(n, seed)["z"]
 
 
 FUNNEL_NOISE = 0.5
@@ -88,19 +70,8 @@ def funnel(y=None):
 
 
 def funnel_exact(y: float, n: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    s2 = FUNNEL_NOISE**2
-
-    def log_marginal(v):  # y | v ~ N(0, exp(2v) + s^2)
-        var = (2 * v).exp() + s2
-        return -(v**2) / (2 * 1.5**2) - 0.5 * var.log() - y**2 / (2 * var)
-
-    v = _grid_draws(log_marginal, -12, 10, n, generator)
-    precision = (-2 * v).exp() + 1 / s2
-    x = y / s2 / precision + torch.randn(n, generator=generator, dtype=torch.float64) / (
-        precision.sqrt()
-    )
-    return torch.stack([v, x], -1).float()
+    draws = Funnel(y, FUNNEL_NOISE).reference_samples(n, seed)
+    return torch.stack([draws["v"], draws["x"]], -1)
 
 
 POSTERIORS = {

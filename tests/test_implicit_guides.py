@@ -24,7 +24,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch import Tensor, nn
 
 import condgen
-from condgen.evaluate import sliced_wasserstein
+from condgen.evaluate import TargetDensity, TwoModes, sliced_wasserstein
 from condgen.guides import (
     AmortizedImplicitGuide,
     AmortizedSemiImplicitGuide,
@@ -45,64 +45,19 @@ NUM_DRAWS = 2000
 
 def two_mode(y=None):
     r"""``theta ~ N(0, 9 I_2)``, ``y ~ N((theta_1^2, theta_2), 0.5^2 I)``: at ``y = (4, 0)``
-    the posterior has two modes, ``theta_1 = +-2``."""
+    the posterior has two modes, ``theta_1 = +-2`` (the task ``TwoModes``, with ``y`` as an
+    argument)."""
     theta = pyro.sample("theta", dist.Normal(0.0, 3.0).expand([2]).to_event(1))
     loc = torch.stack([theta[..., 0] ** 2, theta[..., 1]], -1)
     pyro.sample("y", dist.Normal(loc, 0.5).to_event(1), obs=y)
 
 
 TWO_MODE_Y = torch.tensor([4.0, 0.0])
+TARGETS = {"banana": TargetDensity.banana(), "x_shaped": TargetDensity.x_shaped()}
 
 
 def two_mode_exact(n: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
-    log_density = -(grid**2) / 18 - (4 - grid**2) ** 2 / (2 * 0.25)
-    cdf = torch.cumsum((log_density - log_density.max()).exp(), 0)
-    cdf = cdf / cdf[-1]
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    i = torch.searchsorted(cdf, u).clamp(1, len(grid) - 1)
-    w = ((u - cdf[i - 1]) / (cdf[i] - cdf[i - 1]).clamp_min(1e-300)).clamp(0, 1)
-    theta_1 = grid[i - 1] + w * (grid[i] - grid[i - 1])
-    precision = 1 / 9 + 1 / 0.25  # theta_2 | y: conjugate normal with mean 0
-    theta_2 = torch.randn(n, generator=generator, dtype=torch.float64) / precision**0.5
-    return torch.stack([theta_1, theta_2], -1).float()
-
-
-def _banana_log_density(theta: Tensor) -> Tensor:
-    bend = dist.Normal(theta[..., 0] ** 2 / 2 - 1, 0.5).log_prob(theta[..., 1])
-    return dist.Normal(0.0, 1.0).log_prob(theta[..., 0]) + bend
-
-
-_X_COVARIANCES = torch.tensor([[[2.0, 1.8], [1.8, 2.0]], [[2.0, -1.8], [-1.8, 2.0]]])
-
-
-def _x_log_density(theta: Tensor) -> Tensor:
-    components = dist.MultivariateNormal(torch.zeros(2), _X_COVARIANCES.to(theta))
-    return torch.logsumexp(components.log_prob(theta.unsqueeze(-2)), -1) - math.log(2)
-
-
-def _factor_model(log_density):
-    def model():
-        theta = pyro.sample("theta", dist.Normal(0.0, 3.0).expand([2]).to_event(1))
-        pyro.factor("target", log_density(theta))
-
-    return model
-
-
-TARGETS = {"banana": _banana_log_density, "x_shaped": _x_log_density}
-
-
-def grid_exact(log_density, n: int, seed: int, size: int = 1201, half: float = 7.0) -> Tensor:
-    r"""Draws from the 2-D density ``N(theta; 0, 9 I) exp(log_density(theta))`` on a grid."""
-    generator = torch.Generator().manual_seed(seed)
-    axis = torch.linspace(-half, half, size, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-    log_p = dist.Normal(0.0, 3.0).log_prob(grid).sum(-1) + log_density(grid)
-    cells = torch.multinomial((log_p - log_p.max()).exp(), n, True, generator=generator)
-    step = axis[1] - axis[0]
-    jitter = (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5) * step
-    return (grid[cells] + jitter).float()
+    return TwoModes(TWO_MODE_Y.tolist()).reference_samples(n, seed)["theta"]
 
 
 def _draws(post: condgen.Posterior) -> Tensor:
@@ -178,10 +133,10 @@ def test_banana_and_x_shaped_beat_normal(name):
     exact draws) 0.06 and 0.08. Bound: below 0.6 times AutoNormal's (measured ratios at most
     0.41).
     """
-    model = _factor_model(TARGETS[name])
-    reference = grid_exact(TARGETS[name], NUM_DRAWS, seed=1)
+    task = TARGETS[name]
+    reference = task.reference_samples(NUM_DRAWS, seed=1)["theta"]
     distance = {
-        guide: float(sliced_wasserstein(_draws(_condition(model, {}, guide)), reference))
+        guide: float(sliced_wasserstein(_draws(_condition(task.model, {}, guide)), reference))
         for guide in ("semi_implicit", "normal")
     }
     print(f"{name}: SW {distance}")

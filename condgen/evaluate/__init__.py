@@ -2,16 +2,20 @@ r"""Tasks with known posteriors and metrics that measure draws against them."""
 
 __all__ = [
     "METRICS",
+    "Banana",
     "BayesianLinearRegression",
     "BetaBinomial",
     "Calibration",
     "DigitsDenoising",
     "DigitsInpainting",
+    "Funnel",
     "GaussianLinear",
     "GaussianMixtureInverseProblem",
     "NormalNormal",
     "Report",
+    "TargetDensity",
     "Task",
+    "TwoModes",
     "TwoMoons",
     "TwoMoonsLikelihood",
     "available_tasks",
@@ -21,6 +25,8 @@ __all__ = [
     "digits_prior",
     "energy_distance",
     "get_task",
+    "grid_draws",
+    "inverse_cdf_draws",
     "map_jobs",
     "mmd",
     "moment_errors",
@@ -48,3 +54,4 @@ from .tasks import (
     get_task,
     register_task,
 )
+from .toys import Banana, Funnel, TargetDensity, TwoModes, grid_draws, inverse_cdf_draws
