@@ -1,8 +1,8 @@
 """Tests of flow-matching and score-based posterior estimation: condgen.infer.FMPE and NPSE,
 methods "fmpe" and "npse".
 
-Times on one CPU thread of a shared, loaded 2-core machine: the whole file took 207 s, of which
-the two-moons C2ST tests (slow) took 134 s and the two SBC tests 25 s."""
+Times on one CPU thread of a shared, loaded 2-core machine: the whole file took 211 s, of which
+the two-moons C2ST tests (slow) took 137 s and the two SBC tests 26 s."""
 
 import math
 import time
@@ -75,8 +75,8 @@ def _tiny(cls, model=plated_model, observed="y", **options):
 def test_two_moons_c2st(cls):
     """With its defaults, at 10^4 simulations, C2ST against the exact posterior (1000 draws each
     side) averaged over the standard observation (0, 0) and two simulated ones is at most 0.65
-    (sbi 0.27's FMPE with its defaults: 0.77 on this task). Measured: FMPE 0.58 (0.56, 0.60,
-    0.59) after 56 s of training, NPSE 0.56 (0.55, 0.57, 0.55) after 58 s, on one thread of a
+    (sbi 0.27's FMPE with its defaults: 0.77 on this task). Measured: FMPE 0.58 (0.56, 0.59,
+    0.60) after 54 s of training, NPSE 0.56 (0.55, 0.57, 0.55) after 58 s, on one thread of a
     shared machine; sampling and C2ST take about 6 s more."""
     start = time.perf_counter()
     torch.manual_seed(0)
