@@ -75,9 +75,10 @@ def _tiny(cls, model=plated_model, observed="y", **options):
 def test_two_moons_c2st(cls):
     """With its defaults, at 10^4 simulations, C2ST against the exact posterior (1000 draws each
     side) averaged over the standard observation (0, 0) and two simulated ones is at most 0.65
-    (sbi 0.27's FMPE with its defaults: 0.77 on this task). Measured: FMPE 0.58 (0.56, 0.59,
-    0.60) after 54 s of training, NPSE 0.56 (0.55, 0.57, 0.55) after 58 s, on one thread of a
-    shared machine; sampling and C2ST take about 6 s more."""
+    (sbi 0.27's FMPE with its defaults: 0.73 on this task in benchmarks/implicit.py, three
+    seeds). Measured: FMPE 0.58 (0.56, 0.59, 0.60) after 54 s of training, NPSE 0.56 (0.55,
+    0.57, 0.55) after 58 s, on one thread of a shared machine; sampling and C2ST take about
+    6 s more."""
     start = time.perf_counter()
     torch.manual_seed(0)
     estimator = cls(TwoMoons().model, observed=["x"])
