@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["SIVI_ELBO", "KernelSIVI"]
 
+import abc
 import math
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +37,13 @@ class _ParticleObjective(ELBO):
             vectorize_particles=True,
         )
 
+    @abc.abstractmethod
     def _estimate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Tensor:
         r"""The loss (a differentiable scalar tensor); subclasses give it."""
-        raise NotImplementedError
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        # Pyro's ELBO requires this hook for trace-by-trace objectives; these objectives trace
+        # all particles in one batch in _estimate, so no caller reaches it.
         raise NotImplementedError(f"{type(self).__name__} traces its particles in one batch")
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
