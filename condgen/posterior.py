@@ -58,9 +58,18 @@ class Posterior:
         method: The name of the method that produced the draws.
 
     Example:
-        >>> post = condgen.condition(model, data={"y": y}, method="nuts")
-        >>> post.samples["x"].shape       # [chains, draws, *event]
-        >>> post.to_arviz()               # arviz.InferenceData
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     pyro.sample("y", dist.Normal(x, 0.5).to_event(1))
+        >>> post = condgen.condition(model, data={"y": torch.ones(2)}, method="nuts",
+        ...                          num_samples=200, num_chains=2, warmup_steps=50,
+        ...                          seed=0, progress=False)
+        >>> post.samples["x"].shape  # [chains, draws, *event]
+        torch.Size([2, 100, 2])
+        >>> type(post.to_arviz()).__name__
+        'InferenceData'
     """
 
     def __init__(

@@ -253,8 +253,11 @@ class TargetDensity(Task):
         description: One line for listings.
 
     Example:
+        >>> from condgen.evaluate import TargetDensity
         >>> task = TargetDensity.x_shaped()
         >>> draws = task.reference_samples(2000)["theta"]
+        >>> draws.shape
+        torch.Size([2000, 2])
     """
 
     def __init__(self, log_density: LogDensity, name: str, description: str = ""):

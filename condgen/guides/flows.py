@@ -304,11 +304,22 @@ class FlowGuide(AutoContinuous):
             ``hidden_features=(64, 64)``, ``bins=8``, ...).
 
     Example:
-        >>> guide = FlowGuide(model, "nsf", transforms=3, hidden_features=(32, 32))
-        >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-        >>> for _ in range(1000):
-        ...     svi.step(y)
-        >>> draws = pyro.infer.Predictive(model, guide=guide, num_samples=1000)(y)
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> from condgen.guides import FlowGuide
+        >>> def model(y):
+        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
+        >>> y = torch.tensor(1.0)
+        >>> guide = FlowGuide(model, "nsf", transforms=2, hidden_features=(16, 16))
+        >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}),
+        ...                      pyro.infer.Trace_ELBO())
+        >>> for _ in range(50):  # about 1000 steps to converge
+        ...     loss = svi.step(y)
+        >>> draws = pyro.infer.Predictive(model, guide=guide, num_samples=100)(y)
+        >>> draws["x"].shape
+        torch.Size([100, 2])
 
     References:
         | Variational Inference with Normalizing Flows (Rezende et al., 2015)

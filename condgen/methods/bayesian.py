@@ -113,7 +113,18 @@ class NUTS(Method):
         per draw ``diverging``, ``step_size``, ``n_steps``, ``lp`` in ``sample_stats``.
 
     Example:
-        >>> post = condgen.condition(model, data, method=NUTS(num_chains=4), num_samples=2000)
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> from condgen.methods import NUTS
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> data = {"y": torch.tensor(1.0)}
+        >>> method = NUTS(num_chains=2, warmup_steps=100)  # defaults: 4 chains, 500 warm-up steps
+        >>> post = condgen.condition(model, data, method=method, num_samples=200, seed=0,
+        ...                          progress=False)
+        >>> post.samples["x"].shape, post.method
+        (torch.Size([2, 100]), 'nuts')
 
     References:
         | The No-U-Turn Sampler (Hoffman et al., 2014)
@@ -244,7 +255,18 @@ class SVI(Method):
         :class:`~condgen.infer.KernelSIVI`), ``nfe`` (model evaluations with gradient).
 
     Example:
-        >>> post = condgen.condition(model, data, method="svi", guide="normal", num_steps=3000)
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> data = {"y": torch.tensor(1.0)}
+        >>> post = condgen.condition(model, data, method="svi", guide="normal", num_steps=300,
+        ...                          num_samples=1000, seed=0, progress=False)
+        >>> post.samples["x"].shape
+        torch.Size([1, 1000])
+        >>> abs(post.samples["x"].mean().item() - 0.8) < 0.1  # the exact posterior mean: 0.8
+        True
 
     References:
         | Stochastic Variational Inference (Hoffman et al., 2013)
@@ -365,7 +387,19 @@ class Importance(Method):
         ``ess`` (effective sample size of the weights), ``pareto_k``, ``nfe``.
 
     Example:
-        >>> post = condgen.condition(model, data, method="importance", proposal="prior")
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> data = {"y": torch.tensor(1.0)}
+        >>> post = condgen.condition(model, data, method="importance", proposal="prior",
+        ...                          num_samples=4000, seed=0, progress=False)
+        >>> post.log_weights is None  # weighted draws: use moments() or resample()
+        False
+        >>> mean, sd = post.moments("x")  # exact: 0.8 and 0.45
+        >>> abs(mean.item() - 0.8) < 0.1, abs(sd.item() - 0.45) < 0.1
+        (True, True)
 
     References:
         | Pareto Smoothed Importance Sampling (Vehtari et al., 2015)

@@ -123,10 +123,16 @@ class FlowPrior(Prior):
             its inverse), as for the path priors.
 
     Example:
-        >>> prior = FlowPrior.build(features=2, flow="nsf", transforms=3)
-        >>> losses = prior.fit(data, steps=2000)
-        >>> prior.log_prob(data[:5])
+        >>> import pyro, torch
+        >>> from condgen.priors import FlowPrior
+        >>> data = torch.randn(500, 2) * 0.5 + 1.0
+        >>> prior = FlowPrior.build(features=2, flow="nsf", transforms=2)
+        >>> losses = prior.fit(data, steps=20, progress=False)  # e.g. steps=2000 to fit
+        >>> prior.log_prob(data[:5]).shape
+        torch.Size([5])
         >>> x = pyro.sample("x", prior)
+        >>> x.shape
+        torch.Size([2])
 
     References:
         | Neural Spline Flows (Durkan et al., 2019)
@@ -179,7 +185,10 @@ class FlowPrior(Prior):
                 class or its name). Plain values keep the prior savable.
 
         Example:
+            >>> from condgen.priors import FlowPrior
             >>> prior = FlowPrior.build(2, flow="maf", transforms=5, hidden_features=[64] * 2)
+            >>> prior.event_shape, prior.sample((3,)).shape
+            (torch.Size([2]), torch.Size([3, 2]))
         """
         if features < 1 or context < 0:
             raise ValueError(f"need features >= 1 and context >= 0, got {features}, {context}")

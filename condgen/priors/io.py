@@ -21,9 +21,25 @@ their configuration. A network condgen cannot rebuild (a user's own module) is s
 weights only, and loading needs an instance of it: ``load(path, network=module)``.
 
 Example:
+    >>> import condgen, torch
+    >>> from condgen.priors import MLP, DiffusionPrior
+    >>> prior = DiffusionPrior(MLP(2, hidden=(16, 16)), event_shape=(2,))
     >>> prior.save("prior.pt")
-    >>> prior = condgen.priors.load("prior.pt")
-    >>> prior = condgen.priors.load("custom.pt", network=MyNet(...))
+    >>> type(condgen.priors.load("prior.pt")).__name__
+    'DiffusionPrior'
+
+    A network of one's own is saved as weights only, and loading needs an instance of it:
+
+    >>> class MyNet(torch.nn.Module):
+    ...     def __init__(self, features):
+    ...         super().__init__()
+    ...         self.linear = torch.nn.Linear(features + 1, features)
+    ...     def forward(self, x_t, t):
+    ...         return self.linear(torch.cat([x_t, t.expand(x_t.shape[:-1]).unsqueeze(-1)], -1))
+    >>> DiffusionPrior(MyNet(2), event_shape=(2,)).save("custom.pt")
+    >>> prior = condgen.priors.load("custom.pt", network=MyNet(2))
+    >>> prior.sample((4,), steps=4).shape
+    torch.Size([4, 2])
 """
 
 from __future__ import annotations
@@ -283,7 +299,11 @@ def save_prior(prior: Prior, path: PathLike) -> None:
             data.
 
     Example:
-        >>> prior.save("prior.pt")  # the same as save_prior(prior, "prior.pt")
+        >>> import torch
+        >>> from condgen.priors import GaussianMixturePrior, save_prior
+        >>> covs = 0.1 * torch.eye(2).expand(2, 2, 2)
+        >>> prior = GaussianMixturePrior(torch.ones(2), torch.eye(2), covs)
+        >>> save_prior(prior, "prior.pt")  # the same as prior.save("prior.pt")
     """
     encode = _ENCODERS.get(type(prior))
     if encode is None:
@@ -377,7 +397,14 @@ def load(
             newer format version, names an unknown class, or needs ``network``.
 
     Example:
+        >>> import condgen, torch
+        >>> from condgen.priors import GaussianMixturePrior
+        >>> covs = 0.1 * torch.eye(2).expand(2, 2, 2)
+        >>> GaussianMixturePrior(torch.ones(2), torch.eye(2), covs).save("prior.pt")
         >>> prior = condgen.priors.load("prior.pt", map_location="cpu")
+        >>> prior.means
+        tensor([[1., 0.],
+                [0., 1.]])
     """
     path = os.fspath(path)
     with open(path, "rb") as file:  # missing files and permissions raise OSError as usual

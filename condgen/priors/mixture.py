@@ -36,9 +36,15 @@ class GaussianMixturePrior(PathPrior):
         schedule: The path along which :meth:`denoise` and :meth:`score` are defined.
 
     Example:
+        >>> import torch
+        >>> from condgen.priors import GaussianMixturePrior
         >>> prior = GaussianMixturePrior(torch.ones(2), torch.tensor([[-2.0], [2.0]]),
         ...                              0.25 * torch.eye(1).expand(2, 1, 1))
-        >>> prior.denoise(torch.zeros(5, 1), torch.full((5,), 0.5))
+        >>> prior.sample((1000,)).shape
+        torch.Size([1000, 1])
+        >>> x_t = torch.tensor([[-1.0], [0.0], [1.0]])
+        >>> prior.denoise(x_t, 0.5).squeeze(-1).round(decimals=2)  # E[x | x_t] on the VP path
+        tensor([-1.1200,  0.0000,  1.1200])
     """
 
     def __init__(

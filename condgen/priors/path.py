@@ -260,9 +260,14 @@ class DiffusionPrior(PathPrior):
         sampler, steps, exact_divergence: See :class:`PathPrior`.
 
     Example:
-        >>> prior = DiffusionPrior(MLP(2), event_shape=(2,))
-        >>> prior.fit(data, steps=2000)
+        >>> import pyro, torch
+        >>> from condgen.priors import MLP, DiffusionPrior
+        >>> data = torch.randn(500, 2) * 0.5 + 1.0
+        >>> prior = DiffusionPrior(MLP(2, hidden=(32, 32)), event_shape=(2,), steps=8)
+        >>> losses = prior.fit(data, steps=50, progress=False)  # e.g. steps=2000 to fit
         >>> x = pyro.sample("x", prior)
+        >>> x.shape
+        torch.Size([2])
 
     References:
         | Denoising Diffusion Probabilistic Models (Ho et al., 2020)
@@ -336,11 +341,19 @@ class DiffusionPrior(PathPrior):
             The loss of every step.
 
         Example:
-            >>> prior = DiffusionPrior(MLP(2), event_shape=(2,))
-            >>> losses = prior.fit(data, steps=5000)
-            >>> conditional = FlowMatchingPrior(MLP(2, context=3), event_shape=(2,))
-            >>> conditional.fit(data, context=labels, context_dropout=0.1)
-            >>> conditional.given(labels[0]).sample((100,))
+            >>> import torch
+            >>> from condgen.priors import MLP, DiffusionPrior, FlowMatchingPrior
+            >>> data, labels = torch.randn(500, 2), torch.randn(500, 3)
+            >>> prior = DiffusionPrior(MLP(2, hidden=(32, 32)), event_shape=(2,))
+            >>> losses = prior.fit(data, steps=20, progress=False)  # e.g. steps=5000 to fit
+            >>> len(losses)
+            20
+            >>> conditional = FlowMatchingPrior(MLP(2, context=3, hidden=(32, 32)),
+            ...                                 event_shape=(2,), steps=8)
+            >>> losses = conditional.fit(data, context=labels, context_dropout=0.1, steps=20,
+            ...                          progress=False)
+            >>> conditional.given(labels[0]).sample((100,)).shape
+            torch.Size([100, 2])
         """
         return fit_path_prior(self, data, **options)
 

@@ -133,9 +133,14 @@ def fit_path_prior(
             weights of that step.
 
     Example:
-        >>> prior = DiffusionPrior(MLP(2), event_shape=(2,))
-        >>> losses = fit_path_prior(prior, data, steps=5000, progress=False)
-        >>> prior.sample((1000,))
+        >>> import torch
+        >>> from condgen.priors import MLP, DiffusionPrior
+        >>> from condgen.priors.training import fit_path_prior
+        >>> data = torch.randn(500, 2) * 0.5 + 1.0
+        >>> prior = DiffusionPrior(MLP(2, hidden=(32, 32)), event_shape=(2,))
+        >>> losses = fit_path_prior(prior, data, steps=50, progress=False)  # e.g. 5000 to fit
+        >>> len(losses), prior.sample((100,), steps=8).shape
+        (50, torch.Size([100, 2]))
 
     References:
         | Elucidating the Design Space of Diffusion-Based Generative Models (Karras et al., 2022)
