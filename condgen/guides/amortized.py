@@ -403,14 +403,29 @@ class AmortizedNormal(_AmortizedGuide):
         init_loc_fn: The initialisation of the global guide.
 
     Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> decoder = torch.nn.Linear(4, 16)
+        >>> images = torch.bernoulli(torch.full((200, 16), 0.3))  # 200 binary "images"
         >>> def model(x, batch_size=None):
         ...     pyro.module("decoder", decoder)
         ...     with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
         ...         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
         ...         pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
-        >>> guide = AmortizedNormal(model, encoder)  # encoder(x) -> (loc, scale), [B, 4] each
+        >>> class Encoder(torch.nn.Module):  # x [B, 16] -> (loc, scale), [B, 4] each
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.linear = torch.nn.Linear(16, 8)
+        ...     def forward(self, x):
+        ...         loc, log_scale = self.linear(x).chunk(2, -1)
+        ...         return loc, log_scale.exp()
+        >>> from condgen.guides import AmortizedNormal
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> guide = AmortizedNormal(model, Encoder())
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-        >>> svi.step(images, batch_size=100)
+        >>> loss = svi.step(images, batch_size=100)
+        >>> guide(images, batch_size=100)["z"].shape  # a draw of the local latents
+        torch.Size([100, 4])
 
     References:
         | Auto-Encoding Variational Bayes (Kingma et al., 2013)
@@ -488,8 +503,23 @@ class AmortizedFlowGuide(_AmortizedGuide):
         flow_options: Keyword arguments of the flow class.
 
     Example:
-        >>> guide = AmortizedFlowGuide(model, encoder, "nsf", hidden_features=(64, 64))
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> decoder = torch.nn.Linear(4, 16)
+        >>> images = torch.bernoulli(torch.full((200, 16), 0.3))  # 200 binary "images"
+        >>> def model(x, batch_size=None):
+        ...     pyro.module("decoder", decoder)
+        ...     with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        ...         pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
+        >>> from condgen.guides import AmortizedFlowGuide
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> encoder = torch.nn.Linear(16, 8)  # x [B, 16] -> context [B, 8]
+        >>> guide = AmortizedFlowGuide(model, encoder, "nsf", hidden_features=(32, 32))
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        >>> loss = svi.step(images, batch_size=100)
+        >>> guide(images, batch_size=100)["z"].shape
+        torch.Size([100, 4])
 
     References:
         | Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)

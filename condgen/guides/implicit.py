@@ -368,11 +368,20 @@ class SemiImplicitGuide(_NoiseGuide):
             :class:`AmortizedSemiImplicitGuide` of the plate's local latents.
 
     Example:
-        >>> guide = SemiImplicitGuide(model, noise_dim=4, hidden=(64, 64))
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model(y):
+        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
+        >>> y = torch.tensor(1.0)
+        >>> from condgen.guides import SemiImplicitGuide
+        >>> guide = SemiImplicitGuide(model, noise_dim=4, hidden=(32, 32))
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), guide.default_loss())
-        >>> for _ in range(2000):
-        ...     svi.step(y)
-        >>> draws = pyro.infer.Predictive(model, guide=guide, num_samples=1000)(y)
+        >>> for _ in range(20):  # about 2000 steps to converge
+        ...     loss = svi.step(y)
+        >>> draws = pyro.infer.Predictive(model, guide=guide, num_samples=100)(y)
+        >>> draws["x"].shape
+        torch.Size([100, 2])
 
     References:
         | Semi-Implicit Variational Inference (Yin et al., 2018)
@@ -454,9 +463,24 @@ class AmortizedSemiImplicitGuide(_AmortizedGuide):
             does not set it.
 
     Example:
-        >>> guide = SemiImplicitGuide(model, noise_dim=4, encoder=encoder)  # encoder: [B, 16]
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> decoder = torch.nn.Linear(4, 16)
+        >>> images = torch.bernoulli(torch.full((200, 16), 0.3))  # 200 binary "images"
+        >>> def model(x, batch_size=None):
+        ...     pyro.module("decoder", decoder)
+        ...     with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        ...         pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
+        >>> from condgen.guides import AmortizedSemiImplicitGuide, SemiImplicitGuide
+        >>> from condgen.infer import SIVI_ELBO
+        >>> from pyro.infer import SVI
+        >>> encoder = torch.nn.Linear(16, 8)  # x [B, 16] -> context [B, 8]
+        >>> guide = SemiImplicitGuide(model, noise_dim=4, encoder=encoder)
+        >>> isinstance(guide, AmortizedSemiImplicitGuide)
+        True
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), SIVI_ELBO(num_particles=1))
-        >>> svi.step(images, batch_size=100)
+        >>> loss = svi.step(images, batch_size=100)
 
     References:
         | Semi-Implicit Variational Inference (Yin et al., 2018)
@@ -549,8 +573,18 @@ class ImplicitGuide(_NoiseGuide):
             :class:`AmortizedImplicitGuide` of the plate's local latents.
 
     Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model(y):
+        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
+        >>> y = torch.tensor(1.0)
+        >>> from condgen.guides import ImplicitGuide
         >>> guide = ImplicitGuide(model, noise_dim=4)
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), guide.default_loss())
+        >>> loss = svi.step(y)
+        >>> guide(y)["x"].shape
+        torch.Size([2])
 
     References:
         | Adversarial Variational Bayes (Mescheder et al., 2017)
@@ -618,8 +652,23 @@ class AmortizedImplicitGuide(_AmortizedGuide):
         init_scale: The default generator's initial spread.
 
     Example:
-        >>> guide = ImplicitGuide(model, encoder=encoder)  # encoder: [B] -> [B, 4]
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> decoder = torch.nn.Linear(4, 16)
+        >>> images = torch.bernoulli(torch.full((200, 16), 0.3))  # 200 binary "images"
+        >>> def model(x, batch_size=None):
+        ...     pyro.module("decoder", decoder)
+        ...     with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        ...         pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
+        >>> from condgen.guides import AmortizedImplicitGuide, ImplicitGuide
+        >>> from pyro.infer import SVI
+        >>> encoder = torch.nn.Linear(16, 8)  # x [B, 16] -> context [B, 8]
+        >>> guide = ImplicitGuide(model, encoder=encoder)
+        >>> isinstance(guide, AmortizedImplicitGuide)
+        True
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), guide.default_loss())
+        >>> loss = svi.step(images, batch_size=100)
 
     References:
         | Adversarial Variational Bayes (Mescheder et al., 2017)

@@ -59,12 +59,22 @@ class AdversarialELBO(_ParticleObjective):
         max_plate_nesting: The model's plate nesting (default: found by tracing once).
 
     Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model(y):
+        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
+        >>> y = torch.tensor(1.0)
+        >>> from condgen.guides import ImplicitGuide
+        >>> from condgen.infer import AdversarialELBO
         >>> guide = ImplicitGuide(model, noise_dim=4)
         >>> loss = AdversarialELBO(lr=1e-3, num_particles=64)
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss)
-        >>> for _ in range(2000):
-        ...     svi.step(y)
-        >>> loss.log_ratio(model, guide, draws, y)  # log q(u) - log p(u)
+        >>> for _ in range(20):  # about 2000 steps to converge
+        ...     value = svi.step(y)
+        >>> u = torch.randn(10, 2)  # points of the guide's unconstrained latent
+        >>> loss.log_ratio(model, guide, u, y).shape  # log q(u) - log p(u)
+        torch.Size([10])
 
     References:
         | Adversarial Variational Bayes: Unifying Variational Autoencoders and Generative

@@ -683,8 +683,15 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         site shapes, the loss histories, and the weights and standardisation buffers.
 
         Example:
+            >>> import condgen
+            >>> from condgen.infer import NPE
+            >>> task = condgen.evaluate.TwoMoons()
+            >>> estimator = NPE(task.model, observed=["x"], transforms=1)
+            >>> losses = estimator.fit(num_simulations=200, max_epochs=1, progress=False)
             >>> estimator.save("npe.pt")
-            >>> estimator = NPE.load("npe.pt", model)
+            >>> loaded = NPE.load("npe.pt", task.model)
+            >>> loaded.sample(task.data, 10)["theta"].shape
+            torch.Size([10, 2])
         """
         document = {
             "format": self._format(),

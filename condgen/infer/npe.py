@@ -72,11 +72,18 @@ class NPE(PosteriorEstimator):
             or the model cannot be vectorised.
 
     Example:
+        >>> import condgen
+        >>> from condgen.infer import NPE
         >>> task = condgen.evaluate.TwoMoons()
-        >>> npe = NPE(task.model, observed=["x"])
-        >>> losses = npe.fit(num_simulations=10_000, seed=0)
-        >>> draws = npe.sample(task.data, 1000)["theta"]  # [1000, 2]
-        >>> post = condgen.condition(task.model, task.data, method="npe", estimator=npe)
+        >>> npe = NPE(task.model, observed=["x"], transforms=2, hidden_features=(32, 32))
+        >>> # a real fit: npe.fit(num_simulations=10_000, seed=0)
+        >>> losses = npe.fit(num_simulations=500, max_epochs=2, progress=False, seed=0)
+        >>> npe.sample(task.data, 1000)["theta"].shape
+        torch.Size([1000, 2])
+        >>> post = condgen.condition(task.model, task.data, method="npe", estimator=npe,
+        ...                          num_samples=100, progress=False)
+        >>> post.samples["theta"].shape
+        torch.Size([1, 100, 2])
 
     References:
         | Fast ε-free Inference of Simulation Models with Bayesian Conditional Density

@@ -187,11 +187,18 @@ class FMPE(PathEstimator):
             :class:`PathEstimator`.
 
     Example:
+        >>> import condgen
+        >>> from condgen.infer import FMPE
         >>> task = condgen.evaluate.TwoMoons()
-        >>> fmpe = FMPE(task.model, observed=["x"])
-        >>> losses = fmpe.fit(num_simulations=10_000, seed=0)
-        >>> draws = fmpe.sample(task.data, 1000)["theta"]  # [1000, 2]
-        >>> post = condgen.condition(task.model, task.data, method="fmpe", estimator=fmpe)
+        >>> fmpe = FMPE(task.model, observed=["x"], hidden=(32, 32), steps=8)
+        >>> # a real fit: fmpe.fit(num_simulations=10_000, seed=0)
+        >>> losses = fmpe.fit(num_simulations=500, max_epochs=2, progress=False, seed=0)
+        >>> fmpe.sample(task.data, 1000)["theta"].shape
+        torch.Size([1000, 2])
+        >>> post = condgen.condition(task.model, task.data, method="fmpe", estimator=fmpe,
+        ...                          num_samples=100, progress=False)
+        >>> post.samples["theta"].shape
+        torch.Size([1, 100, 2])
 
     References:
         | Flow Matching for Scalable Simulation-Based Inference (Dax et al., 2023)
@@ -252,10 +259,16 @@ class NPSE(PathEstimator):
             :class:`PathEstimator`.
 
     Example:
+        >>> import condgen
+        >>> from condgen.infer import NPSE
         >>> task = condgen.evaluate.TwoMoons()
-        >>> npse = NPSE(task.model, observed=["x"])
-        >>> losses = npse.fit(num_simulations=10_000, seed=0)
-        >>> post = condgen.condition(task.model, task.data, method="npse", estimator=npse)
+        >>> npse = NPSE(task.model, observed=["x"], hidden=(32, 32), steps=8)
+        >>> # a real fit: npse.fit(num_simulations=10_000, seed=0)
+        >>> losses = npse.fit(num_simulations=500, max_epochs=2, progress=False, seed=0)
+        >>> post = condgen.condition(task.model, task.data, method="npse", estimator=npse,
+        ...                          num_samples=100, progress=False)
+        >>> post.samples["theta"].shape
+        torch.Size([1, 100, 2])
 
     References:
         | Sequential Neural Score Estimation: Likelihood-Free Inference with Conditional Score

@@ -123,9 +123,18 @@ class NPEMethod(AmortizedMethod):
             same observed sites as the data.
 
     Example:
-        >>> npe = condgen.infer.NPE(model, observed=["y"])
-        >>> npe.fit(num_simulations=10_000)
-        >>> post = condgen.condition(model, {"y": y}, method="npe", estimator=npe)
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> npe = condgen.infer.NPE(model, observed=["y"], transforms=1)
+        >>> # a real fit: npe.fit(num_simulations=10_000)
+        >>> losses = npe.fit(num_simulations=300, max_epochs=1, progress=False)
+        >>> post = condgen.condition(model, {"y": torch.tensor(1.0)}, method="npe",
+        ...                          estimator=npe, num_samples=100, progress=False)
+        >>> post.samples["x"].shape, post.method
+        (torch.Size([1, 100]), 'npe')
 
     References:
         | Fast ε-free Inference of Simulation Models with Bayesian Conditional Density
@@ -155,9 +164,18 @@ class FMPEMethod(AmortizedMethod):
             same observed sites as the data.
 
     Example:
-        >>> fmpe = condgen.infer.FMPE(model, observed=["y"])
-        >>> fmpe.fit(num_simulations=10_000)
-        >>> post = condgen.condition(model, {"y": y}, method="fmpe", estimator=fmpe)
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> fmpe = condgen.infer.FMPE(model, observed=["y"], steps=8)
+        >>> # a real fit: fmpe.fit(num_simulations=10_000)
+        >>> losses = fmpe.fit(num_simulations=300, max_epochs=1, progress=False)
+        >>> post = condgen.condition(model, {"y": torch.tensor(1.0)}, method="fmpe",
+        ...                          estimator=fmpe, num_samples=100, progress=False)
+        >>> post.samples["x"].shape, post.method
+        (torch.Size([1, 100]), 'fmpe')
 
     References:
         | Flow Matching for Scalable Simulation-Based Inference (Dax et al., 2023)
@@ -182,9 +200,18 @@ class NPSEMethod(AmortizedMethod):
             same observed sites as the data.
 
     Example:
-        >>> npse = condgen.infer.NPSE(model, observed=["y"])
-        >>> npse.fit(num_simulations=10_000)
-        >>> post = condgen.condition(model, {"y": y}, method="npse", estimator=npse)
+        >>> import condgen, pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> npse = condgen.infer.NPSE(model, observed=["y"], steps=8)
+        >>> # a real fit: npse.fit(num_simulations=10_000)
+        >>> losses = npse.fit(num_simulations=300, max_epochs=1, progress=False)
+        >>> post = condgen.condition(model, {"y": torch.tensor(1.0)}, method="npse",
+        ...                          estimator=npse, num_samples=100, progress=False)
+        >>> post.samples["x"].shape, post.method
+        (torch.Size([1, 100]), 'npse')
 
     References:
         | Sequential Neural Score Estimation: Likelihood-Free Inference with Conditional Score
