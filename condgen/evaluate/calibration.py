@@ -52,8 +52,18 @@ class Calibration:
             simulation, ``condgen.condition(..., seed=...)`` and the tie-breaks.
 
     Example:
-        >>> cal = calibration(model, "importance", observed=["y"], proposal="prior")
-        >>> cal.passed(), cal.expected_coverage([0.5, 0.9])["mean"]
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> from condgen.evaluate import calibration
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.5))
+        >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
+        ...                   num_simulations=100, num_samples=1000, progress=False)
+        >>> cal.ranks["x"].shape  # one rank per simulation, among 1000 draws
+        torch.Size([100])
+        >>> cal.passed()
+        True
 
     References:
         | Validating Bayesian Inference Algorithms with Simulation-Based Calibration
@@ -136,7 +146,19 @@ class Calibration:
             ``"mean"`` column averaging them.
 
         Example:
-            >>> cal.expected_coverage([0.5, 0.9]).loc[0.9, "mean"]
+            >>> import pyro
+            >>> import pyro.distributions as dist
+            >>> from condgen.evaluate import calibration
+            >>> def model():
+            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+            ...     pyro.sample("y", dist.Normal(x, 0.5))
+            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
+            ...                   num_simulations=100, num_samples=1000, progress=False)
+            >>> table = cal.expected_coverage([0.5, 0.9])
+            >>> list(table.index), list(table.columns)
+            ([0.5, 0.9], ['x', 'mean'])
+            >>> bool(abs(table.loc[0.9, "mean"] - 0.9) < 0.1)
+            True
 
         References:
             | A Trust Crisis in Simulation-Based Inference? Your Posterior Approximations
@@ -190,7 +212,19 @@ class Calibration:
             ``uniform`` (whether ``p_adjusted > alpha``).
 
         Example:
-            >>> cal.uniformity().query("not uniform")
+            >>> import pyro
+            >>> import pyro.distributions as dist
+            >>> from condgen.evaluate import calibration
+            >>> def model():
+            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+            ...     pyro.sample("y", dist.Normal(x, 0.5))
+            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
+            ...                   num_simulations=100, num_samples=1000, progress=False)
+            >>> table = cal.uniformity()
+            >>> list(table.columns)
+            ['site', 'index', 'gamma', 'p_value', 'p_adjusted', 'uniform']
+            >>> len(table.query("not uniform"))  # the coordinates that fail
+            0
 
         References:
             | Graphical Test for Discrete Uniformity and its Applications in Goodness-of-Fit
@@ -254,7 +288,18 @@ class Calibration:
             A :class:`matplotlib.figure.Figure`.
 
         Example:
-            >>> cal.plot().savefig("sbc.png")
+            >>> import pyro
+            >>> import pyro.distributions as dist
+            >>> from condgen.evaluate import calibration
+            >>> def model():
+            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+            ...     pyro.sample("y", dist.Normal(x, 0.5))
+            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
+            ...                   num_simulations=100, num_samples=1000, progress=False)
+            >>> fig = cal.plot()
+            >>> fig.savefig("sbc.png")
+            >>> type(fig).__name__
+            'Figure'
         """
         import arviz as az
         import matplotlib.pyplot as plt
@@ -508,13 +553,20 @@ def calibration(
             method become a :class:`RuntimeError`.
 
     Example:
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> from condgen.evaluate import calibration
         >>> def model():
         ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
         ...     pyro.sample("y", dist.Normal(x, 0.5))
         >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
-        ...                   num_simulations=200)
-        >>> cal.passed(), cal.summary()
-        >>> cal.plot()
+        ...                   num_simulations=200, num_samples=1000, progress=False)
+        >>> cal.passed()
+        True
+        >>> summary = cal.summary()  # one row per coordinate: p-value and coverages
+        >>> list(summary.index), bool(summary["p_value"].iloc[0] > 0.01)
+        (['x'], True)
+        >>> fig = cal.plot()  # rank ECDFs and coverage
 
     References:
         | Validating Bayesian Inference Algorithms with Simulation-Based Calibration

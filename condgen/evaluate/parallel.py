@@ -9,10 +9,19 @@ machine), and so does a Dask ``distributed.Client`` (``pip install "condgen[dask
 the local path and the cluster path share all their code.
 
 Example:
+    >>> import condgen
+    >>> from condgen.methods import Importance
     >>> from distributed import Client, LocalCluster
-    >>> with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
-    ...     report = condgen.compare(model, data, methods=["dps", "tds"], seeds=range(10),
-    ...                              reference=draws, executor=client)
+    >>> task = condgen.evaluate.NormalNormal(dim=1)
+    >>> draws = task.reference_samples(1000)
+    >>> # on a real cluster: LocalCluster(n_workers=2), or Client("scheduler-address")
+    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
+    ...         Client(cluster) as client:
+    ...     report = condgen.compare(task.model, task.data, seeds=range(3), reference=draws,
+    ...                              methods={"importance": Importance(proposal="prior")},
+    ...                              executor=client, progress=False)
+    >>> int(report.table["seeds"].iloc[0])
+    3
 """
 
 from __future__ import annotations
