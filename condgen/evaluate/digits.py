@@ -12,9 +12,17 @@ scikit-learn is not a dependency of condgen: it is imported when the data are fi
 and ``pip install scikit-learn`` provides it.
 
 Example:
-    >>> path = prepare_digits()  # once: about 3 minutes on one CPU core
-    >>> task = DigitsInpainting(mask="half", noise=0.1, index=0)
-    >>> post = condgen.condition(task.model, task.data, method="tds", num_samples=1000)
+The real prior is trained once, ``prepare_digits()`` (about 3 minutes on one CPU core); here
+a 20-step one, saved in the current folder, stands in for it (its draws are noise):
+
+    >>> import condgen
+    >>> from condgen.evaluate import DigitsInpainting, prepare_digits
+    >>> path = prepare_digits(cache_dir=".", steps=20, progress=False)
+    >>> task = DigitsInpainting(mask="half", noise=0.1, index=0, cache_dir=".")
+    >>> post = condgen.condition(task.model, task.data, method="tds", steps=10, num_samples=100,
+    ...                          progress=False)  # the defaults: 100 steps, 1000 draws
+    >>> post.samples["x"].shape
+    torch.Size([1, 100, 64])
     >>> task.plot({"tds": post}).savefig("digits.png")
 """
 
@@ -103,8 +111,12 @@ def digits_data(split: str = "train", *, labels: bool = False) -> Tensor | tuple
         ImportError: If scikit-learn is not installed.
 
     Example:
+        >>> from condgen.evaluate.digits import digits_data
         >>> digits_data("test").shape
         torch.Size([360, 64])
+        >>> images, labels = digits_data("train", labels=True)
+        >>> images.shape, labels.shape, float(images.min()), float(images.max())
+        (torch.Size([1437, 64]), torch.Size([1437]), -1.0, 1.0)
 
     References:
         | Optical Recognition of Handwritten Digits (Alpaydin and Kaynak, 1998), UCI
@@ -173,8 +185,14 @@ def prepare_digits(
         The path of the saved prior.
 
     Example:
-        >>> prepare_digits(steps=15_000)  # the same as: condgen prepare digits
-        PosixPath('/home/me/.cache/condgen/digits-prior.pt')
+        The real prior: ``prepare_digits()`` (the same as ``condgen prepare digits``), 15000
+        steps, saved to ``~/.cache/condgen/digits-prior.pt``. A 20-step one in the current
+        folder:
+
+        >>> from condgen.evaluate import prepare_digits
+        >>> path = prepare_digits(cache_dir=".", steps=20, progress=False)
+        >>> path.name, path.exists()
+        ('digits-prior.pt', True)
 
     References:
         | Denoising Diffusion Probabilistic Models (Ho et al., 2020)
@@ -251,7 +269,9 @@ def digits_prior(
         ValueError: If the cached file is not a digits prior, or is damaged.
 
     Example:
-        >>> prior = digits_prior()
+        >>> from condgen.evaluate import digits_prior
+        >>> # digits_prior() reads the cached prior; here one of 20 steps, not 15000, is trained
+        >>> prior = digits_prior(cache_dir=".", train=True, steps=20, progress=False)
         >>> prior.sample((16,)).shape
         torch.Size([16, 64])
     """
@@ -491,8 +511,16 @@ class _DigitsTask(Task):
             The matplotlib figure (save it with ``fig.savefig(path)``).
 
         Example:
-            >>> post = condgen.condition(task.model, task.data, method="dps")
-            >>> task.plot({"dps": post}, num=6).savefig("dps.png")
+            >>> import condgen
+            >>> from condgen.evaluate import DigitsDenoising
+            >>> from condgen.priors import MLP, DiffusionPrior
+            >>> # an untrained stand-in for the cached prior (prepare_digits), to run in a second
+            >>> prior = DiffusionPrior(MLP(64, hidden=(64, 64)), event_shape=(64,), steps=8)
+            >>> task = DigitsDenoising(noise=0.5, index=0, prior=prior)
+            >>> post = condgen.condition(task.model, task.data, method="dps", steps=10,
+            ...                          num_samples=50, progress=False)
+            >>> fig = task.plot({"dps": post}, num=6)
+            >>> fig.savefig("dps.png")
         """
         import matplotlib.pyplot as plt
 
@@ -567,8 +595,16 @@ class DigitsInpainting(_DigitsTask):
         reference_stats: Cost and effective sample size of the last reference run.
 
     Example:
-        >>> task = DigitsInpainting(mask="center", noise=0.1, index=3)
-        >>> post = condgen.condition(task.model, task.data, method="pigdm", num_samples=500)
+        >>> import condgen
+        >>> from condgen.evaluate import DigitsInpainting
+        >>> from condgen.priors import MLP, DiffusionPrior
+        >>> # an untrained stand-in for the cached prior (prepare_digits), to run in a second
+        >>> prior = DiffusionPrior(MLP(64, hidden=(64, 64)), event_shape=(64,), steps=8)
+        >>> task = DigitsInpainting(mask="center", noise=0.1, index=3, prior=prior)
+        >>> int(task.observed.sum()), task.data["y"].shape  # the pixels around the centre
+        (48, torch.Size([48]))
+        >>> post = condgen.condition(task.model, task.data, method="pigdm", steps=10,
+        ...                          num_samples=50, progress=False)  # e.g. 500 draws
         >>> task.plot({"pigdm": post}).savefig("center.png")
 
     References:
@@ -622,8 +658,16 @@ class DigitsDenoising(_DigitsTask):
         reference_stats: Cost and effective sample size of the last reference run.
 
     Example:
-        >>> task = DigitsDenoising(noise=0.5, index=0)
-        >>> post = condgen.condition(task.model, task.data, method="dps", num_samples=500)
+        >>> import condgen
+        >>> from condgen.evaluate import DigitsDenoising
+        >>> from condgen.priors import MLP, DiffusionPrior
+        >>> # an untrained stand-in for the cached prior (prepare_digits), to run in a second
+        >>> prior = DiffusionPrior(MLP(64, hidden=(64, 64)), event_shape=(64,), steps=8)
+        >>> task = DigitsDenoising(noise=0.5, index=0, prior=prior)
+        >>> task.data["y"].shape  # every pixel, noisy
+        torch.Size([64])
+        >>> post = condgen.condition(task.model, task.data, method="dps", steps=10,
+        ...                          num_samples=50, progress=False)  # e.g. 500 draws
         >>> task.plot({"dps": post}).savefig("denoised.png")
 
     References:
