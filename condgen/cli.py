@@ -109,6 +109,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     (values read as Python literals, else strings).
 
     Example:
+        >>> from condgen.cli import parse_spec
         >>> parse_spec("tds:steps=200,twist='constant'")
         ('tds', {'steps': 200, 'twist': 'constant'})
     """

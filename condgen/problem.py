@@ -85,6 +85,9 @@ class Problem:
             vectorised over particles.
 
     Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> from condgen import Problem
         >>> def model(y=None):
         ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
         ...     pyro.sample("y", dist.Normal(x, 1.0), obs=y)

@@ -125,6 +125,7 @@ class NormalNormal(Task):
         seed: Seed of the simulated observations.
 
     Example:
+        >>> from condgen.evaluate import NormalNormal
         >>> task = NormalNormal(dim=2)
         >>> task.reference_samples(1000)["x"].shape
         torch.Size([1000, 2])
@@ -174,6 +175,7 @@ class BetaBinomial(Task):
         successes: The observed number of successes :math:`y`.
 
     Example:
+        >>> from condgen.evaluate import BetaBinomial
         >>> BetaBinomial(successes=3).posterior()["p"].mean
         tensor(0.2083)
     """
@@ -213,6 +215,7 @@ class BayesianLinearRegression(Task):
         seed: Seed of the simulated design and observations.
 
     Example:
+        >>> from condgen.evaluate import BayesianLinearRegression
         >>> task = BayesianLinearRegression(dim=3)
         >>> task.posterior()["w"].covariance_matrix.shape
         torch.Size([3, 3])
@@ -269,6 +272,7 @@ class GaussianLinear(Task):
         seed: Seed of the simulated parameter and observation.
 
     Example:
+        >>> from condgen.evaluate import GaussianLinear
         >>> task = GaussianLinear()
         >>> task.posterior()["theta"].mean.shape
         torch.Size([10])
@@ -363,6 +367,7 @@ class GaussianMixtureInverseProblem(Task):
         seed: Seed of the default prior, operator and noise, and of the observation.
 
     Example:
+        >>> from condgen.evaluate import GaussianMixtureInverseProblem
         >>> task = GaussianMixtureInverseProblem(dim=8, obs_dim=2, seed=0)
         >>> task.reference_samples(1000)["x"].shape
         torch.Size([1000, 8])
@@ -557,6 +562,8 @@ class TwoMoonsLikelihood(TorchDistribution):
         theta: The parameters, shaped ``[*batch, 2]``.
 
     Example:
+        >>> import torch
+        >>> from condgen.evaluate import TwoMoonsLikelihood
         >>> likelihood = TwoMoonsLikelihood(torch.zeros(4, 2))
         >>> x = likelihood.sample((100,))
         >>> x.shape, likelihood.log_prob(x).shape
@@ -647,6 +654,7 @@ class TwoMoons(Task):
             prior (both seeded by ``seed``); or a pair of numbers.
 
     Example:
+        >>> from condgen.evaluate import TwoMoons
         >>> task = TwoMoons()
         >>> draws = task.reference_samples(10_000)["theta"]
         >>> task.log_joint({"theta": draws[:5]}).shape
@@ -755,8 +763,12 @@ def register_task(
         ValueError: If ``name`` is taken by another task.
 
     Example:
+        >>> from condgen.evaluate import Task, available_tasks, register_task
         >>> @register_task("my-task")
-        ... class MyTask(Task): ...
+        ... class MyTask(Task):
+        ...     "A task of one's own."
+        >>> available_tasks()["my-task"]
+        "A task of one's own."
     """
 
     def register(factory: type[Task] | Callable[..., Task]):
@@ -799,6 +811,7 @@ def available_tasks() -> dict[str, str]:
     r"""The registered tasks, name to one-line description, in registration order.
 
     Example:
+        >>> from condgen.evaluate import available_tasks
         >>> available_tasks()["two-moons"]
         'uniform prior on [-1, 1]^2, two-moons simulator: a two-crescent posterior'
     """
@@ -818,6 +831,7 @@ def get_task(name: str, **options) -> Task:
             message lists what exists).
 
     Example:
+        >>> from condgen.evaluate import get_task
         >>> get_task("gmm", dim=80, obs_dim=2, seed=1).operator.shape
         torch.Size([2, 80])
     """

@@ -171,6 +171,7 @@ def build_flow(
         A lazy distribution: ``build_flow(...)(c)`` is a distribution over :math:`\mathbb{R}^D`.
 
     Example:
+        >>> from condgen.guides import build_flow
         >>> q = build_flow("nsf", 3, transforms=2, hidden_features=(32, 32))
         >>> u, log_q = q().rsample_and_log_prob((8,))
         >>> u.shape, log_q.shape

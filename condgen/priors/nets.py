@@ -131,6 +131,8 @@ class MLP(nn.Module):
         activation: The activation, a ``torch.nn`` module class or its name.
 
     Example:
+        >>> import torch
+        >>> from condgen.priors import MLP
         >>> net = MLP(2, context=3)
         >>> x_t, t, c = torch.randn(16, 2), torch.rand(16), torch.randn(3)
         >>> net(x_t, t, c).shape  # the context broadcasts against the batch
@@ -268,6 +270,8 @@ class UNet(nn.Module):
         time_embedding: The number of sinusoidal time features (even).
 
     Example:
+        >>> import torch
+        >>> from condgen.priors import UNet
         >>> net = UNet(1, levels=2)
         >>> net(torch.randn(5, 1, 8, 8), torch.rand(5)).shape
         torch.Size([5, 1, 8, 8])
