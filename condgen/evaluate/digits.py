@@ -12,8 +12,8 @@ scikit-learn is not a dependency of condgen: it is imported when the data are fi
 and ``pip install scikit-learn`` provides it.
 
 Example:
-The real prior is trained once, ``prepare_digits()`` (about 3 minutes on one CPU core); here
-a 20-step one, saved in the current folder, stands in for it (its draws are noise):
+    The real prior is trained once, ``prepare_digits()`` (about 3 minutes on one CPU core);
+    here a 20-step one, saved in the current folder, stands in for it (its draws are noise):
 
     >>> import condgen
     >>> from condgen.evaluate import DigitsInpainting, prepare_digits
