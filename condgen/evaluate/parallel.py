@@ -14,9 +14,10 @@ Example:
     >>> from distributed import Client, LocalCluster
     >>> task = condgen.evaluate.NormalNormal(dim=1)
     >>> draws = task.reference_samples(1000)
-    >>> # on a real cluster: LocalCluster(n_workers=2), or Client("scheduler-address")
-    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
-    ...         Client(cluster) as client:
+    >>> # in-process here; on a real cluster: LocalCluster(n_workers=2), or Client(address).
+    >>> # One thread per worker: Pyro's handler stack is global, so runs in threads collide.
+    >>> with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+    ...                   dashboard_address=None) as cluster, Client(cluster) as client:
     ...     report = condgen.compare(task.model, task.data, seeds=range(3), reference=draws,
     ...                              methods={"importance": Importance(proposal="prior")},
     ...                              executor=client, progress=False)
