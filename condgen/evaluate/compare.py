@@ -443,7 +443,7 @@ def compare(
         >>> reference = {"x": dist.Normal(0.8, 0.2**0.5).sample((2000,))}
         >>> report = condgen.compare(
         ...     model, {"y": torch.tensor(1.0)}, reference=reference, seeds=2, progress=False,
-        ...     methods={"importance": Importance(proposal="prior"), "svi": SVI(num_steps=100)},
+        ...     methods={"importance": Importance(proposal="prior"), "svi": SVI(num_steps=50)},
         ... )
         >>> list(report.table["method"]), list(report.table["seeds"])
         (['importance', 'svi'], [2, 2])
