@@ -237,13 +237,13 @@ def digits_prior(
     digits, beside a Gaussian with the training split's mean and covariance and beside 360
     training digits (the best any model of the data can do):
 
-    =====================================  ======  ========  ===============
-    measure                                prior   Gaussian  training digits
-    =====================================  ======  ========  ===============
-    1-nearest-neighbour two-sample test    0.59    0.83      0.49
-    digit classifier's mean confidence     0.82    0.53      0.87
-    distance to the nearest training digit 1.95    3.60      (test: 2.12)
-    =====================================  ======  ========  ===============
+    ======================================  ======  ========  ===============
+    measure                                 prior   Gaussian  training digits
+    ======================================  ======  ========  ===============
+    1-nearest-neighbour two-sample test     0.59    0.83      0.49
+    digit classifier's mean confidence      0.82    0.53      0.87
+    distance to the nearest training digit  1.95    3.60      (test: 2.12)
+    ======================================  ======  ========  ===============
 
     The two-sample test is the leave-one-out accuracy of telling draws from test digits by
     their nearest neighbour (0.5: indistinguishable); the confidence is the mean top class
