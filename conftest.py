@@ -21,10 +21,13 @@ matplotlib.use("Agg")
 
 
 @pytest.fixture(autouse=True)
-def _doctest_setup(request, doctest_namespace, tmp_path, monkeypatch):
-    if not isinstance(request.node, pytest.DoctestItem):
+def _doctest_setup(request):
+    if not isinstance(request.node, pytest.DoctestItem):  # the test suite is left alone
         yield
         return
+    doctest_namespace = request.getfixturevalue("doctest_namespace")
+    tmp_path = request.getfixturevalue("tmp_path")
+    monkeypatch = request.getfixturevalue("monkeypatch")
     doctest_namespace.update(torch=torch, pyro=pyro, dist=dist, condgen=condgen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
