@@ -71,4 +71,14 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     )
     start = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
+    # A reader should not meet warnings: each one is a defect of the tutorial or the library.
+    warnings = [
+        f"cell {index}: {line}"
+        for index, cell in enumerate(notebook.cells)
+        for output in cell.get("outputs", [])
+        if output.get("name") == "stderr"
+        for line in output["text"].splitlines()
+        if "Warning" in line or "WARNING" in line
+    ]
+    assert not warnings, "\n".join(warnings)
     store(notebook, path, time.perf_counter() - start)

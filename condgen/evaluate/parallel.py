@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, as_completed
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 T = TypeVar("T")
 

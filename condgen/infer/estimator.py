@@ -20,7 +20,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..priors.io import _check_plain
 from ..problem import Problem, Site

@@ -18,7 +18,7 @@ from pyro.infer import NUTS as PyroNUTS
 from pyro.infer import SVI as PyroSVI
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..guides import FlowGuide, ImplicitGuide, SemiImplicitGuide
 from ..infer import KernelSIVI

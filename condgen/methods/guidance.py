@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
 from ..priors.path import DiffusionPrior

@@ -8,7 +8,7 @@ import itertools
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .base import register
 from .path import PathMethod, PathSetup, ancestral_step

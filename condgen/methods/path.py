@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyro.distributions as dist
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
 from ..posterior import Posterior

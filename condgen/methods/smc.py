@@ -9,7 +9,7 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..posterior import Posterior, systematic_resample
 from ..problem import Problem

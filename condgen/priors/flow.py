@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import zuko
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .base import Prior
 
