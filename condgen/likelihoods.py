@@ -47,9 +47,14 @@ class LinearGaussian:
         return LinearGaussian(self.A.to(reference), self.sigma.to(reference), self.b.to(reference))
 
 
-def _normal(fn: dist.Distribution) -> dist.Normal | None:
+def _unwrap(fn: dist.Distribution) -> dist.Distribution:
     while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
         fn = fn.base_dist
+    return fn
+
+
+def _normal(fn: dist.Distribution) -> dist.Normal | None:
+    fn = _unwrap(fn)
     return fn if isinstance(fn, dist.Normal) else None
 
 
@@ -86,8 +91,8 @@ def detect_linear_gaussian(problem: Problem, site: str, method: str) -> tuple[Li
     if fn is None:
         raise ValueError(
             f"method '{method}' needs a Normal observation, but site '{obs}' has "
-            f"{type(trace.nodes[obs]['fn']).__name__}; use method='dps' or 'tds', which take "
-            "any likelihood"
+            f"{type(_unwrap(trace.nodes[obs]['fn'])).__name__}; use method='dps' or 'tds', which "
+            "take any likelihood"
         )
     n = len(points)
     loc = fn.loc.expand(fn.batch_shape).reshape(n, -1)

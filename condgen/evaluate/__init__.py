@@ -22,6 +22,7 @@ __all__ = [
     "c2st",
     "calibration",
     "compare",
+    "digits_data",
     "digits_prior",
     "energy_distance",
     "get_task",
@@ -38,7 +39,7 @@ __all__ = [
 
 from .calibration import Calibration, calibration
 from .compare import METRICS, Report, compare, posterior_metrics
-from .digits import DigitsDenoising, DigitsInpainting, digits_prior, prepare_digits
+from .digits import DigitsDenoising, DigitsInpainting, digits_data, digits_prior, prepare_digits
 from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserstein
 from .parallel import map_jobs
 from .tasks import (

@@ -358,7 +358,7 @@ def _reference_draws(
         draws = posterior.resample().flatten()
         return draws, f"{method.name}, {num_samples} draws (approximate, not exact)"
     if isinstance(reference, Mapping):
-        return dict(reference), "exact draws"
+        return dict(reference), "given draws"
     raise TypeError(
         "reference must be draws by site, a Posterior, a method name or None, "
         f"got {type(reference).__name__}"
@@ -420,8 +420,8 @@ def compare(
         seed: The first seed (and the seed of a reference run).
         metrics: The metrics of the table, from :data:`METRICS`.
         reference_samples: Draws of a reference that is a method run.
-        reference_label: What the reference is, for the report (by default ``"exact draws"``
-            for draws, or the method run).
+        reference_label: What the reference is, for the report, e.g. ``"exact draws"`` (by
+            default ``"given draws"`` for draws, or the method run).
         executor: None to run locally, or an executor or Dask client to fan the runs out.
         progress: Whether to show progress bars.
         title: A title printed above the table.
