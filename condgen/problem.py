@@ -334,21 +334,27 @@ class Problem:
             Both, shaped ``[num_particles]``; differentiable in the values.
 
         Raises:
-            ValueError: If an observed site's distribution has no mean or variance.
+            ValueError: If an observed site's distribution has no finite mean or variance
+                (at finite latent values).
         """
         num_particles = self._num_particles(values)
         trace = self._vectorized_trace(num_particles, values, self.observed_sites)
         squares = torch.zeros(num_particles, device=self.device, dtype=self.dtype)
+        finite_values = all(bool(torch.isfinite(v).all()) for v in values.values())
         for name in self.observed_sites:
             site = trace.nodes[name]
+            undefined = ValueError(
+                f"the distribution of site '{name}' has no finite mean or variance (a Student-t "
+                "with df <= 2 has none), so its residual is undefined; use a method that needs "
+                "only the likelihood (e.g. 'tds')"
+            )
             try:
-                residual = (site["value"] - site["fn"].mean) / site["fn"].stddev
+                mean, sd = site["fn"].mean, site["fn"].stddev
             except NotImplementedError:
-                raise ValueError(
-                    f"the distribution of site '{name}' has no mean or variance, so its "
-                    "residual is undefined; use a method that needs only the likelihood "
-                    "(e.g. 'tds')"
-                ) from None
+                raise undefined from None
+            if finite_values and not bool(torch.isfinite(mean).all() & torch.isfinite(sd).all()):
+                raise undefined
+            residual = (site["value"] - mean) / sd
             residual = residual.expand(site["fn"].batch_shape + site["fn"].event_shape)
             squares = squares + residual.reshape(num_particles, -1).pow(2).sum(-1)
         log_lik = self._sum_log_prob(trace, self.observed_sites, num_particles)

@@ -260,6 +260,21 @@ def test_methods_refuse_models_they_cannot_handle():
     poisson = _poisson_model(task.prior)
     with pytest.raises(ValueError, match="Normal"):
         condgen.condition(poisson, {"y": torch.tensor([1.0, 2.0])}, method="pigdm")
+
+    def heavy_tailed(df):
+        def model():
+            x = pyro.sample("x", task.prior)
+            pyro.sample("y", dist.StudentT(df, x[..., :1], 0.3).to_event(1))
+
+        return model
+
+    for df in (1.0, 1.5):  # no mean, then an infinite variance: DPS's residual is undefined
+        with pytest.raises(ValueError, match=r"'y' has no finite mean or variance.*'tds'"):
+            condgen.condition(heavy_tailed(df), task.data, method="dps", progress=False)
+    condgen.condition(heavy_tailed(3.0), task.data, method="dps", steps=5, progress=False)
+    for method in ("tds", "langevin"):  # they need only the likelihood
+        post = condgen.condition(heavy_tailed(1.0), task.data, method=method, steps=5, seed=0)
+        assert bool(torch.isfinite(post.samples["x"]).all())
     with pytest.raises(ValueError, match="classifier"):
         condgen.condition(task.model, task.data, method="classifier")
     with pytest.raises(ValueError, match="given"):

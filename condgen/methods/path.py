@@ -53,7 +53,10 @@ class PathSetup:
         return -0.5 * z.pow(2).sum(-1) - log_norm, z.norm(dim=-1)
 
     def log_likelihood(self, x0: Tensor) -> Tensor:
-        r""":math:`\log p(y \mid x)` per particle; differentiable in x."""
+        r""":math:`\log p(y \mid x)` per particle; differentiable in x. Unlike
+        :meth:`likelihood_terms`, it needs no mean or variance of the observation."""
+        if self.linear is None:
+            return self.problem.log_likelihood({self.site: x0})
         return self.likelihood_terms(x0)[0]
 
     def detect_linear(self) -> None:
