@@ -61,6 +61,15 @@ def _is_neural(fn: dist.Distribution) -> bool:
     return bool(getattr(_base_distribution(fn), "is_neural_prior", False))
 
 
+def _log_prob_shape(fn: dist.Distribution, value: Tensor, neural: bool) -> torch.Size:
+    r"""The shape of ``fn.log_prob(value)``. A neural prior's follows from its shapes (its
+    log-density solves an ODE); any other distribution is asked."""
+    if neural:
+        return torch.broadcast_shapes(fn.batch_shape, value.shape[: value.dim() - fn.event_dim])
+    with torch.no_grad(), pyro.validation_enabled(False):
+        return fn.log_prob(value).shape
+
+
 class Problem:
     r"""A Pyro model conditioned on data, as every condgen method sees it.
 
@@ -139,8 +148,7 @@ class Problem:
                 self.observed_sites[info.name] = info
             else:
                 self.latent_sites[info.name] = info
-            with torch.no_grad(), pyro.validation_enabled(False):
-                self._log_prob_shapes[info.name] = fn.log_prob(site["value"]).shape
+            self._log_prob_shapes[info.name] = _log_prob_shape(fn, site["value"], info.neural)
         self.max_plate_nesting = max(
             [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized], default=0
         )

@@ -664,3 +664,25 @@ def test_float64_model():
     assert post.samples["mu"].dtype == torch.float64
     assert post.samples["mu"].shape == (1, 20)
     assert post.log_likelihood()["y"].dtype == torch.float64
+
+
+def test_tracing_a_path_prior_solves_no_ode(monkeypatch):
+    """A path prior's log-density is an ODE solve (seconds for a digits prior): learning the
+    model's shapes must not evaluate it, and the shapes still follow the plates."""
+    from condgen.priors import MLP, FlowMatchingPrior
+
+    prior = FlowMatchingPrior(MLP(2), event_shape=(2,))
+
+    def no_ode(*args, **kwargs):
+        raise AssertionError("log_prob of the path prior was evaluated while tracing")
+
+    monkeypatch.setattr(FlowMatchingPrior, "log_prob", no_ode)
+
+    def model():
+        with pyro.plate("n", 3):
+            x = pyro.sample("x", prior)
+            pyro.sample("y", dist.Normal(x[..., :1], 0.2).to_event(1))
+
+    problem = condgen.Problem(model, {"y": torch.zeros(3, 1)})
+    assert problem.latent_sites["x"].shape == (3, 2)
+    assert problem.log_likelihood({"x": torch.zeros(5, 3, 2)}).shape == (5,)
