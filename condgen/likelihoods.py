@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["LinearGaussian", "detect_linear_gaussian"]
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyro.distributions as dist
@@ -58,13 +59,16 @@ def _normal(fn: dist.Distribution) -> dist.Normal | None:
     return fn if isinstance(fn, dist.Normal) else None
 
 
-def detect_linear_gaussian(problem: Problem, site: str, method: str) -> tuple[LinearGaussian, str]:
+def detect_linear_gaussian(
+    problem: Problem, site: str, method: str, fixed: Mapping[str, Tensor] | None = None
+) -> tuple[LinearGaussian, str]:
     r"""Finds :math:`A`, :math:`b` and :math:`\sigma` of a model whose only observed site is
     ``Normal(A x + b, sigma)`` in the latent site ``site``.
 
     The model is run for :math:`x = 0` and :math:`x = e_1, \dots, e_d` as particles, which
     gives :math:`b` and the columns of :math:`A`; linearity and a constant :math:`\sigma` are
-    then checked at random points.
+    then checked at random points. The model's other latent sites, if any, take the values
+    ``fixed`` (each shaped like its site).
 
     Returns:
         The linear-Gaussian model and the name of the observed site.
@@ -85,8 +89,10 @@ def detect_linear_gaussian(problem: Problem, site: str, method: str) -> tuple[Li
     generator = torch.Generator(device="cpu").manual_seed(0)
     probes = torch.randn(2, d, generator=generator).to(eye)
     points = torch.cat([torch.zeros_like(eye[:1]), eye, probes])
+    values = {k: v.expand(len(points), *v.shape) for k, v in (fixed or {}).items()}
+    values[site] = points.reshape(-1, *shape)
     with torch.no_grad():
-        trace = problem._vectorized_trace(len(points), {site: points.reshape(-1, *shape)})
+        trace = problem._vectorized_trace(len(points), values)
     fn = _normal(trace.nodes[obs]["fn"])
     if fn is None:
         raise ValueError(

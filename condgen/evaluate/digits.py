@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from ..conditioning import condition, seeded
-from ..methods.smc import TDS
+from ..methods.tds import TDS
 from ..posterior import Posterior, systematic_resample
 from ..priors import MLP, DiffusionPrior, load, save_prior
 from ..problem import Problem

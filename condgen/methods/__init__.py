@@ -4,10 +4,12 @@ __all__ = [
     "CFG",
     "DPS",
     "NUTS",
+    "SMC",
     "SVI",
     "TDS",
     "ClassifierGuidance",
     "FMPEMethod",
+    "Gibbs",
     "Importance",
     "Langevin",
     "Method",
@@ -22,8 +24,10 @@ __all__ = [
 
 from .base import Method, available, describe, get, register
 from .bayesian import NUTS, SVI, Importance
+from .gaussian_smc import SMC
+from .gibbs import Gibbs
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
-from .smc import TDS
+from .tds import TDS
 
 from .amortized import FMPEMethod, NPEMethod, NPSEMethod  # isort: skip (registered last)

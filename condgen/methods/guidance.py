@@ -109,6 +109,17 @@ class PiGDM(GuidedSampler):
     \alpha_t) g`. :math:`\Sigma_t` is factorised by Cholesky with the observation noise
     included, so ill-conditioned :math:`A` stays stable (no :math:`A^+` that ignores the noise).
 
+    Where :math:`\alpha_t \to 0` (:math:`t = 1` on the rectified or cosine path) the factor
+    :math:`\sigma_t^2 / \alpha_t` diverges while :math:`g \to 0`. Under the same Gaussian
+    approximation :math:`p(x_0 \mid x_t) \approx \mathcal{N}(\hat x_0, r_t^2 I)`, the Jacobian
+    is :math:`\partial \hat x_0 / \partial x_t = (\alpha_t r_t^2 / \sigma_t^2) I`, so the
+    correction has the finite limit
+
+    .. math:: D' = \hat x_0 + r_t^2 A^\top \Sigma_t^{-1} (y - A \hat x_0 - b),
+
+    the posterior mean of the Gaussian approximation (a Kalman update), used wherever
+    :math:`\alpha_t \le 10^{-3} \sigma_t`; elsewhere the vector-Jacobian product above.
+
     The observation model is detected from the Pyro model (one ``Normal`` site whose mean is
     linear in the neural site) or declared with ``linear=LinearGaussian(A, sigma)``.
 
@@ -168,11 +179,14 @@ class PiGDM(GuidedSampler):
         chol = torch.linalg.cholesky(
             cov + jitter * torch.eye(len(A), dtype=A.dtype, device=A.device)
         )
-        with torch.enable_grad():
+        limit = bool(alpha <= 1e-3 * sigma)  # sigma^2 / alpha diverges: use the limit form
+        with torch.set_grad_enabled(not limit):
             x_t, x0 = _denoise_with_grad(setup, x_t, t)
             flat = x0.reshape(len(x0), -1)
             residual = setup.y - flat @ A.T - b
             weights = torch.cholesky_solve(residual.detach().unsqueeze(-1), chol).squeeze(-1)
+            if limit:  # r_t^2 A^T Sigma_t^-1 (y - A x0 - b)
+                return (x0 + self.scale * r2 * (weights @ A).reshape(x0.shape)).detach()
             (grad,) = torch.autograd.grad((flat @ A.T * weights).sum(), x_t)
         return _tweedie(setup, x0, self.scale * grad, t)
 

@@ -66,15 +66,29 @@ class Langevin(PathMethod):
         self.corrector_steps, self.snr, self.scale = corrector_steps, snr, scale
 
     def _guided(self, setup: PathSetup, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        r"""The guided denoiser and the posterior score at :math:`(x, t)`."""
+        r"""The guided denoiser and the posterior score at :math:`(x, t)`.
+
+        Where :math:`\alpha_t \to 0` (:math:`t = 1` on the rectified path) the factor
+        :math:`\sigma_t^2 / \alpha_t` diverges while the gradient vanishes; with
+        :math:`p(x_0 \mid x_t) \approx \mathcal{N}(\hat x_0, r_t^2 I)`, :math:`r_t^2 =
+        \sigma_t^2 / (\alpha_t^2 + \sigma_t^2)`, the Jacobian of :math:`\hat x_0` is
+        :math:`(\alpha_t r_t^2 / \sigma_t^2) I`, which gives the finite limit
+        :math:`D' = \hat x_0 + r_t^2 \lambda \nabla_{x_0} \log p(y \mid \hat x_0)`.
+        """
+        alpha, sigma = setup.prior.schedule(t)
+        limit = bool(alpha <= 1e-3 * sigma)
         with torch.enable_grad():
             x = x.detach().requires_grad_()
             x0 = setup.prior.denoise(x, t)
+            if limit:
+                x0 = x0.detach().requires_grad_()
             log_lik = self.scale * setup.log_likelihood(x0)
-            (grad,) = torch.autograd.grad(log_lik.sum(), x)
-        alpha, sigma = setup.prior.schedule(t)
-        score = (alpha * x0.detach() - x.detach()) / sigma**2 + grad
-        return (x0 + sigma**2 / alpha * grad).detach(), score
+            (grad,) = torch.autograd.grad(log_lik.sum(), x0 if limit else x)
+        prior_score = (alpha * x0.detach() - x.detach()) / sigma**2
+        if limit:
+            r2 = sigma**2 / (alpha**2 + sigma**2)
+            return (x0 + r2 * grad).detach(), prior_score + alpha * r2 / sigma**2 * grad
+        return (x0 + sigma**2 / alpha * grad).detach(), prior_score + grad
 
     def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
         schedule = setup.prior.schedule

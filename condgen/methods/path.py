@@ -7,7 +7,8 @@ __all__ = ["GuidedSampler", "PathMethod", "PathSetup", "ancestral_step"]
 import abc
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -31,6 +32,9 @@ class PathSetup:
     call). When the model's observation is linear-Gaussian (detected by probing it, then
     checked against the traced likelihood at random points), a closed form with the same
     values replaces the trace, which is several times cheaper per step.
+
+    ``fixed`` holds values of the model's other latent sites (each shaped like its site): the
+    likelihood is then :math:`p(y \mid x, \theta)` at those values, as a Gibbs sampler needs.
     """
 
     problem: Problem
@@ -40,12 +44,19 @@ class PathSetup:
     linear: LinearGaussian | None = None
     y: Tensor | None = None
     unconditional: PathPrior | None = None  # classifier-free guidance: the prior given None
+    fixed: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def values(self, x0: Tensor) -> dict[str, Tensor]:
+        r"""Latent values of the model for particles ``x0`` of the neural site: the fixed
+        values of the other sites are repeated for every particle."""
+        others = {k: v.expand(len(x0), *v.shape) for k, v in self.fixed.items()}
+        return {self.site: x0, **others}
 
     def likelihood_terms(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`\log p(y \mid x)` and the standardised residual norm, per particle;
         differentiable in x."""
         if self.linear is None:
-            return self.problem.likelihood_terms({self.site: x0})
+            return self.problem.likelihood_terms(self.values(x0))
         z = (
             self.y - x0.reshape(len(x0), -1) @ self.linear.A.T - self.linear.b
         ) / self.linear.sigma
@@ -56,14 +67,16 @@ class PathSetup:
         r""":math:`\log p(y \mid x)` per particle; differentiable in x. Unlike
         :meth:`likelihood_terms`, it needs no mean or variance of the observation."""
         if self.linear is None:
-            return self.problem.log_likelihood({self.site: x0})
+            return self.problem.log_likelihood(self.values(x0))
         return self.likelihood_terms(x0)[0]
 
     def detect_linear(self) -> None:
         r"""Switches to the closed form if the observation is linear-Gaussian and the closed
         form reproduces the traced likelihood (masks, scales and other sites would not)."""
         try:
-            linear, obs = detect_linear_gaussian(self.problem, self.site, "closed form")
+            linear, obs = detect_linear_gaussian(
+                self.problem, self.site, "closed form", self.fixed
+            )
         except ValueError:
             return
         if not bool((linear.sigma > 0).all()):
@@ -73,7 +86,7 @@ class PathSetup:
             self.problem.observations[obs]
         )
         with torch.no_grad():
-            traced = self.problem.likelihood_terms({self.site: points})
+            traced = self.problem.likelihood_terms(self.values(points))
             self.linear = linear
             self.y = self.problem.observations[obs].reshape(-1).to(linear.A)
             closed = self.likelihood_terms(points)
@@ -133,21 +146,33 @@ class PathMethod(Method):
             raise ValueError("steps and batch_size must be positive integers")
         self.steps, self.batch_size = steps, batch_size
 
-    def setup(self, problem: Problem) -> PathSetup:
-        r"""Finds the neural site and its path prior, or raises a clear error."""
+    def setup(self, problem: Problem, fixed: Mapping[str, Tensor] | None = None) -> PathSetup:
+        r"""Finds the neural site and its path prior, or raises a clear error.
+
+        Arguments:
+            problem: The model and its observations.
+            fixed: Values of the model's other latent sites (for a Gibbs sampler); without
+                them a model with other latent sites is refused.
+        """
+        fixed = dict(fixed or {})
         neural = [n for n, s in problem.latent_sites.items() if s.neural]
-        others = [n for n, s in problem.latent_sites.items() if not s.neural]
+        others = [n for n, s in problem.latent_sites.items() if not s.neural and n not in fixed]
         if not neural:
             raise ValueError(
                 f"method '{self.name}' needs a latent site with a condgen path prior "
                 f"(DiffusionPrior, FlowMatchingPrior, GaussianMixturePrior); the latent sites "
                 f"{list(problem.latent_sites)} have none; use method='nuts'"
             )
-        if others or len(neural) > 1:
-            extra = others or neural[1:]
+        if len(neural) > 1:
             raise ValueError(
-                f"method '{self.name}' conditions one neural site, but the model also has the "
-                f"latent sites {extra}; use method='nuts', which samples all sites jointly"
+                f"method '{self.name}' conditions one neural site, but the model has the neural "
+                f"sites {neural}; use method='nuts', which samples all sites jointly"
+            )
+        if others:
+            raise ValueError(
+                f"method '{self.name}' conditions the neural site '{neural[0]}' alone, but the "
+                f"model also has the latent sites {others}; use method='gibbs', which "
+                "alternates this sampler with NUTS on those sites, or method='nuts'"
             )
         site = problem.latent_sites[neural[0]]
         prior = _base(site.distribution)
@@ -156,7 +181,7 @@ class PathMethod(Method):
                 f"method '{self.name}' needs a path prior (with denoise) at site '{site.name}', "
                 f"got {type(prior).__name__}; use method='nuts' for priors with a log_prob"
             )
-        setup = PathSetup(problem, site.name, prior, site.shape)
+        setup = PathSetup(problem, site.name, prior, site.shape, fixed=fixed)
         setup.detect_linear()
         return setup
 

@@ -1,11 +1,13 @@
-r"""Sequential Monte Carlo along a path prior: the twisted diffusion sampler."""
+r"""Sequential Monte Carlo along a path prior: the particle loop and the kernel interface that
+every SMC method (``"smc"``, ``"tds"``, the sweeps of ``"gibbs"``) shares."""
 
 from __future__ import annotations
 
-__all__ = ["TDS"]
+__all__ = ["SMCKernel", "SMCMethod", "SMCRun", "run_smc"]
 
-import itertools
+import abc
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -13,175 +15,253 @@ from tqdm import tqdm
 
 from ..posterior import Posterior, systematic_resample
 from ..problem import Problem
-from .base import register
 from .path import PathMethod, PathSetup, ancestral_step
 
 
-def _normal_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    z = ((x - mean) / std).flatten(1)
-    return -0.5 * z.pow(2).sum(-1) - z.shape[1] * (std.log() + 0.5 * math.log(2 * math.pi))
+class SMCKernel(abc.ABC):
+    r"""The moves of a sequential Monte Carlo sampler along a path, on a fixed time grid
+    :math:`1 = t_0 > \dots > t_K = t_\text{min}`.
+
+    A kernel keeps, per particle, a state: a dict of tensors with a leading particle
+    dimension, at least ``"x"`` (the point :math:`x_t`) and ``"log_twist"`` (the log twist
+    :math:`\log \tilde p_t(y \mid x_t)`). The loop (:func:`run_smc`) resamples whole states.
+    At step :math:`i` (from :math:`t_i` to :math:`t_{i+1}`) it adds :meth:`reweight` to the
+    log-weights (a term that depends on :math:`x_{t_i}` alone, as in a fully adapted filter),
+    resamples, then adds what :meth:`move` returns.
+
+    Arguments:
+        setup: The problem's neural site, prior and likelihood.
+        grid: The decreasing times, shaped ``[K + 1]``.
+        batch_size: Particles whose network evaluations run at once.
+    """
+
+    #: The kernel's name, reported in the stats of a run.
+    name: str
+
+    def __init__(self, setup: PathSetup, grid: Tensor, batch_size: int):
+        self.setup, self.grid, self.batch_size = setup, grid, batch_size
+        self.alphas, self.sigmas = setup.prior.schedule(grid)
+        # the ancestral kernel N(a_i x_0 + b_i x_t, c_i^2 I), its coefficients for every step
+        one, zero = torch.ones_like(grid[1:]), torch.zeros_like(grid[1:])
+        scales = (self.alphas[:-1], self.sigmas[:-1], self.alphas[1:], self.sigmas[1:])
+        self.coef_x0, _ = ancestral_step(zero, one, *scales)
+        self.coef_xt, self.std = ancestral_step(one, zero, *scales)
+
+    def prior_mean(self, i: int, x_t: Tensor, x0: Tensor) -> Tensor:
+        r"""The mean of the ancestral kernel :math:`p(x_{t_{i+1}} \mid x_{t_i})`."""
+        return self.coef_x0[i] * x0 + self.coef_xt[i] * x_t
+
+    def denoise(self, x_t: Tensor, i: int) -> Tensor:
+        r"""The prior's denoised estimate at time :math:`t_i`, in batches, without a graph."""
+        with torch.no_grad():
+            t = self.grid[i]
+            return torch.cat([self.setup.prior.denoise(c, t) for c in x_t.split(self.batch_size)])
+
+    @abc.abstractmethod
+    def start(self, x: Tensor) -> dict[str, Tensor]:
+        r"""The state of particles ``x`` drawn from :math:`p(x_1)` at time :math:`t_0`."""
+
+    def reweight(self, state: dict[str, Tensor], i: int) -> Tensor:
+        r"""The log-weight increment known before the move of step ``i``; may add entries to
+        ``state`` for :meth:`move`."""
+        return torch.zeros_like(state["log_twist"])
+
+    @abc.abstractmethod
+    def move(
+        self, state: dict[str, Tensor], i: int, reference: Tensor | None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        r"""Moves every particle from :math:`t_i` to :math:`t_{i+1}`; with a ``reference``
+        (conditional SMC), particle 0 moves to that point instead of a draw.
+
+        Returns:
+            The new state and the log-weight increment.
+        """
+
+    def finish(self, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        r"""The draws :math:`x = D(x_{t_K}, t_K)` and the last log-weight increment
+        :math:`\log p(y \mid x) - \log \tilde p_{t_K}(y \mid x_{t_K})`, which makes the
+        weighted particles target the posterior."""
+        x0 = state.get("x0")
+        if x0 is None:
+            x0 = self.denoise(state["x"], len(self.grid) - 1)
+        with torch.no_grad():
+            return x0, self.setup.log_likelihood(x0) - state["log_twist"]
 
 
-@register
-class TDS(PathMethod):
-    r"""The twisted diffusion sampler (Wu et al., 2023): sequential Monte Carlo whose target at
-    time :math:`t` is the prior path twisted by :math:`\tilde p_t(y \mid x_t) = p(y \mid
-    \hat x_0(x_t))^{\lambda_t}`, the likelihood at the denoised estimate.
+@dataclass
+class SMCRun:
+    r"""What :func:`run_smc` returns.
 
-    The paper twists with :math:`\lambda_t = 1` (``twist_schedule="constant"``). By default the
-    twist is tempered by the signal fraction, :math:`\lambda_t = \alpha_t^2 / (\alpha_t^2 +
-    \sigma_t^2)` (``"snr"``): early on, when :math:`\hat x_0(x_t)` is an average of modes, the
-    full twist weights particles by the likelihood at a point no draw is near, and resampling
-    then decides the mass of each mode by chance (on a 4-mode prior with a Poisson likelihood,
-    mode masses off by 0.1-0.3 at 4000 particles); tempering keeps those weights flat until
-    the modes separate. Both choices give a consistent sampler, since the last weights replace
-    the twist by the exact likelihood.
+    Attributes:
+        x: The draws, shaped ``[num_particles, *site.shape]``.
+        log_weights: Their normalised log-weights, shaped ``[num_particles]``.
+        ess_trace: The effective sample size before each step's resampling decision.
+        resampled: How many steps resampled.
+        ancestors: How many distinct particles of the first time the final ones descend from
+            (the ESS does not show a collapse that resampling hides; this does).
+        path: With ``keep_path``: for each particle, its whole trajectory, shaped
+            ``[num_particles, steps + 1, *site.shape]``.
+    """
 
-    From :math:`t` to :math:`s`, each particle moves by the proposal
+    x: Tensor
+    log_weights: Tensor
+    ess_trace: list[float]
+    resampled: int
+    ancestors: int
+    path: Tensor | None = field(default=None, repr=False)
 
-    .. math:: q(x_s \mid x_t) = \mathcal{N}\big(\mu(x_t) + c^2 \nabla_{x_t} \log
-        \tilde p_t(y \mid x_t),\ c^2 I\big),
+    @property
+    def ess(self) -> float:
+        return float(1 / self.log_weights.exp().pow(2).sum())
 
-    where :math:`\mathcal{N}(\mu(x_t), c^2 I)` is the ancestral kernel :math:`p(x_s \mid x_t)`,
-    and is weighted by
 
-    .. math:: w_s = \frac{p(x_s \mid x_t)\, \tilde p_s(y \mid x_s)}{q(x_s \mid x_t)\,
-        \tilde p_t(y \mid x_t)}.
+def _resample(log_w: Tensor, conditional: bool) -> Tensor:
+    if not conditional:
+        return systematic_resample(log_w, len(log_w))
+    # conditional SMC: particle 0 keeps the reference, the others are drawn (multinomial)
+    weights = log_w.detach().double().softmax(0)
+    index = torch.multinomial(weights, len(log_w), replacement=True)
+    index[0] = 0
+    return index
 
-    The shift of each proposal is capped at three proposal standard deviations per coordinate
-    (a sharp likelihood far from the data would otherwise throw particles to :math:`10^8`);
-    the weights use the capped proposal, so this keeps the sampler consistent.
 
-    Particles are resampled (systematic) when the effective sample size falls below
-    ``ess_threshold`` times their number. At the end the particles are denoised,
-    :math:`x = \hat x_0(x_{t_\text{min}})`, and the last weights
-    :math:`p(y \mid x) / \tilde p_{t_\text{min}}(y \mid x_{t_\text{min}})` are applied, so the
-    weighted particles target :math:`p(x \mid y)` (up to the path discretisation) and are
-    consistent as their number grows. The Posterior keeps every particle with its log-weight.
+def run_smc(
+    kernel: SMCKernel,
+    num_particles: int,
+    ess_threshold: float,
+    name: str,
+    reference: Tensor | None = None,
+    keep_path: bool = False,
+    bar: tqdm | None = None,
+) -> SMCRun:
+    r"""The particle loop shared by the SMC methods: from :math:`x_1 \sim \mathcal{N}(0,
+    \sigma_1^2 I)` along the kernel's grid, with adaptive systematic resampling when the ESS
+    falls below ``ess_threshold`` times the number of particles, and the kernel's last weights.
 
-    Unlike a guidance method, TDS needs only :math:`\log p(y \mid x)` from the Pyro model and
-    its gradient: any likelihood works. Its cost is about three network evaluations per
-    particle and step (denoiser, its gradient, and the twist at the new point, reused at the
-    next step).
+    With a ``reference`` trajectory (shaped ``[K + 1, *site.shape]``), particle 0 follows it
+    and is never resampled away: the conditional SMC sweep of particle Gibbs (Andrieu et al.,
+    2010), which leaves the exact posterior of the path invariant.
+
+    Raises:
+        FloatingPointError: If the particles or every weight become NaN or infinite; the message
+            names the method and the step.
+    """
+    setup, grid = kernel.setup, kernel.grid
+    problem = setup.problem
+    x = kernel.sigmas[0] * torch.randn(
+        num_particles, *setup.shape, device=problem.device, dtype=problem.dtype
+    )
+    if reference is not None:
+        x[0] = reference[0]
+    state = kernel.start(x)
+    log_w = state["log_twist"].clone()
+    origin = torch.arange(num_particles, device=x.device)
+    path = [x] if keep_path else None
+    parents = []
+    ess_trace, resampled = [], 0
+    for i in range(len(grid) - 1):
+        log_w = log_w + kernel.reweight(state, i)
+        ess = float(1 / log_w.softmax(0).pow(2).sum())
+        ess_trace.append(ess)
+        index = None
+        if not math.isfinite(ess):
+            _raise(name, i, grid[i])
+        if ess < ess_threshold * num_particles:
+            index = _resample(log_w, reference is not None)
+            state = {k: v[index] for k, v in state.items()}
+            origin = origin[index]
+            log_w = torch.zeros_like(log_w)
+            resampled += 1
+        parents.append(index)
+        state, increment = kernel.move(state, i, None if reference is None else reference[i + 1])
+        log_w = log_w + increment
+        if not torch.isfinite(state["x"]).all() or not torch.isfinite(log_w).any():
+            _raise(name, i, grid[i])
+        if keep_path:
+            path.append(state["x"])
+        if bar is not None:
+            bar.update()
+    x0, increment = kernel.finish(state)
+    log_w = torch.nan_to_num(log_w + increment, nan=-math.inf)
+    if not torch.isfinite(log_w).any():
+        _raise(name, len(grid) - 1, grid[-1])
+    return SMCRun(
+        x0.detach(),
+        log_w - log_w.logsumexp(0),
+        ess_trace,
+        resampled,
+        len(origin.unique()),
+        _trajectories(path, parents) if keep_path else None,
+    )
+
+
+def _trajectories(path: list[Tensor], parents: list[Tensor | None]) -> Tensor:
+    r"""Each final particle's whole trajectory, traced back through the resampling indices."""
+    index = torch.arange(len(path[-1]), device=path[-1].device)
+    steps = [path[-1]]
+    for states, parent in zip(reversed(path[:-1]), reversed(parents), strict=True):
+        if parent is not None:
+            index = parent[index]
+        steps.append(states[index])
+    return torch.stack(steps[::-1], dim=1)
+
+
+def _raise(name: str, step: int, t: Tensor) -> None:
+    raise FloatingPointError(
+        f"method '{name}': the particles or every weight became NaN or infinite at step {step} "
+        f"(t={float(t):.4f}); increase 'steps' or check the likelihood at that point"
+    )
+
+
+class SMCMethod(PathMethod):
+    r"""Base of the SMC methods on a path prior: the loop of :func:`run_smc` with the kernel of
+    :meth:`kernel`, the weighted particles as a Posterior.
 
     Arguments:
         steps: The number of steps.
         ess_threshold: Resample when ESS / particles falls below this (1 resamples always).
-        twist_scale: A factor on :math:`\lambda_t`.
-        twist_schedule: ``"snr"`` (tempered, default) or ``"constant"`` (the paper's).
         batch_size: Particles whose network evaluations run at once.
 
     Stats:
-        ``ess`` (of the final weights), ``ess_trace`` (before each step's resampling),
-        ``resampled`` (steps that resampled), ``nfe``.
-
-    References:
-        | Practical and Asymptotically Exact Conditional Sampling in Diffusion Models
-        | (Wu et al., 2023) https://arxiv.org/abs/2306.17775
+        ``ess`` (of the final weights), ``ancestors`` (distinct first-time particles the final
+        ones descend from), ``ess_trace`` (before each step's resampling), ``resampled``
+        (steps that resampled), ``nfe``, ``kernel`` (the name of the kernel that moved the
+        particles).
     """
 
-    name = "tds"
     family = "bayesian"
-    unstable_option = "steps"
 
-    def __init__(
-        self,
-        steps: int = 100,
-        ess_threshold: float = 0.5,
-        twist_scale: float = 1.0,
-        twist_schedule: str = "snr",
-        batch_size: int = 1024,
-    ):
+    def __init__(self, steps: int = 100, ess_threshold: float = 0.5, batch_size: int = 1024):
         super().__init__(steps=steps, batch_size=batch_size)
         if not 0 <= ess_threshold <= 1:
             raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
-        if twist_schedule not in ("snr", "constant"):
-            raise ValueError(f"twist_schedule must be 'snr' or 'constant', got {twist_schedule!r}")
-        self.ess_threshold, self.twist_scale = ess_threshold, twist_scale
-        self.twist_schedule = twist_schedule
+        self.ess_threshold = ess_threshold
 
-    @staticmethod
-    def _clip(shift: Tensor, std: Tensor) -> Tensor:
-        r"""Caps each particle's proposal shift at :math:`3 c \sqrt{d}` (three proposal sds
-        per coordinate). A sharp likelihood can make :math:`c^2 \nabla \log \tilde p` huge far
-        from the data; the weights use the capped proposal, so the sampler stays consistent."""
-        norm = shift.flatten(1).norm(dim=1).clamp(min=1e-30)
-        cap = 3 * std * math.sqrt(shift[0].numel())
-        return shift * (cap / norm).clamp(max=1.0).reshape(-1, *[1] * (shift.dim() - 1))
-
-    def _tempering(self, setup: PathSetup, t: Tensor) -> Tensor:
-        if self.twist_schedule == "constant":
-            return torch.as_tensor(self.twist_scale)
-        alpha, sigma = setup.prior.schedule(t)
-        return self.twist_scale * alpha**2 / (alpha**2 + sigma**2)
-
-    def _twist(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        r"""Denoised estimate, log twist and its gradient at :math:`x_t`, in batches."""
-        outputs = []
-        for chunk in x_t.split(self.batch_size):
-            with torch.enable_grad():
-                chunk = chunk.detach().requires_grad_()
-                x0 = setup.prior.denoise(chunk, t)
-                log_twist = self._tempering(setup, t) * setup.log_likelihood(x0)
-                (grad,) = torch.autograd.grad(log_twist.sum(), chunk)
-            outputs.append((x0.detach(), log_twist.detach(), grad))
-        return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
+    @abc.abstractmethod
+    def kernel(self, setup: PathSetup) -> SMCKernel:
+        r"""The kernel that moves this method's particles along :meth:`grid`."""
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         setup = self.setup(problem)
+        kernel = self.kernel(setup)
         nfe_before = setup.prior.nfe
-        schedule = setup.prior.schedule
-        grid = self.grid(setup)
-        x = self.initial(setup, num_samples)
-        x0, log_twist, grad = self._twist(setup, x, grid[0])
-        log_w = log_twist.clone()
-        ess_trace, resampled = [], 0
-        for i, (t, s) in enumerate(
-            tqdm(itertools.pairwise(grid), total=self.steps, desc=self.name, disable=not progress)
-        ):
-            ess = float(1 / log_w.softmax(0).pow(2).sum())
-            ess_trace.append(ess)
-            if ess < self.ess_threshold * num_samples:
-                index = systematic_resample(log_w, num_samples)
-                x, x0, log_twist, grad = x[index], x0[index], log_twist[index], grad[index]
-                log_w = torch.zeros_like(log_w)
-                resampled += 1
-            mean, std = ancestral_step(x, x0, *schedule(t), *schedule(s))
-            shifted = mean + self._clip(std**2 * grad, std)
-            x_new = shifted + std * torch.randn_like(mean)
-            x0_new, log_twist_new, grad_new = self._twist(setup, x_new, s)
-            log_w = (
-                log_w
-                + _normal_log_prob(x_new, mean, std)
-                - _normal_log_prob(x_new, shifted, std)
-                + log_twist_new
-                - log_twist
-            )
-            x, x0, log_twist, grad = x_new, x0_new, log_twist_new, grad_new
-            self.check_finite(x, i, t)
-            if not torch.isfinite(log_w).any():
-                raise FloatingPointError(
-                    f"method 'tds': every weight is zero or NaN at step {i} (t={float(t):.4f}); "
-                    "increase 'steps' or lower 'twist_scale'"
-                )
-        with torch.no_grad():  # last weights: from the twist to the likelihood at x = x0
-            log_w = log_w + setup.log_likelihood(x0) - log_twist
-        log_w = torch.nan_to_num(log_w, nan=-math.inf)
-        weights = log_w.softmax(0)
+        with tqdm(total=self.steps, desc=self.name, disable=not progress) as bar:
+            result = run_smc(kernel, num_samples, self.ess_threshold, self.name, bar=bar)
+        batches = math.ceil(num_samples / self.batch_size)
         return Posterior(
             problem,
-            {setup.site: x0.unsqueeze(0)},
-            log_weights=log_w.unsqueeze(0),
+            {setup.site: result.x.unsqueeze(0)},
+            log_weights=result.log_weights.unsqueeze(0),
             stats={
-                "nfe": math.ceil(
-                    (setup.prior.nfe - nfe_before) / math.ceil(num_samples / self.batch_size)
-                ),
-                "ess": float(1 / weights.pow(2).sum()),
-                "ess_trace": ess_trace,
-                "resampled": resampled,
+                "nfe": math.ceil((setup.prior.nfe - nfe_before) / batches),
+                "ess": result.ess,
+                "ancestors": result.ancestors,
+                "ess_trace": result.ess_trace,
+                "resampled": result.resampled,
+                "kernel": kernel.name,
             },
             method=self.name,
         )
 
     def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        raise TypeError("TDS moves all particles together; call run()")  # pragma: no cover
+        raise TypeError(f"{type(self).__name__} moves all particles together; call run()")

@@ -175,6 +175,14 @@ class GaussianMixturePrior(PathPrior):
                     z[chosen] = z[chosen] @ self._eigenvectors[component].T
             return (self.means[k] + z).reshape(*shape, -1)
 
+    def moments(self, num_samples: int = 1024) -> tuple[Tensor, Tensor]:
+        r"""The exact mean :math:`\sum_k w_k m_k` and covariance
+        :math:`\sum_k w_k (C_k + (m_k - \mu)(m_k - \mu)^\top)` (``num_samples`` is unused)."""
+        mean = self.weights @ self.means
+        centred = self.means - mean
+        spread = self.covs + centred.unsqueeze(-1) * centred.unsqueeze(-2)
+        return mean, (self.weights[:, None, None] * spread).sum(0)
+
     def denoise(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact denoiser :math:`E[x \mid x_t]`."""
         self.nfe += 1
