@@ -81,35 +81,35 @@ def test_exact_reference_is_self_consistent():
 def test_gibbs_matches_the_exact_joint_posterior(kernel):
     """Tolerances (the issue's acceptance figures): the noise scale's mean within 0.25 posterior
     sd and its sd within 20%; the neural site's draws within 0.25 sliced Wasserstein of the
-    two-sample floor. With 2 chains of 400 draws and an ESS of s above 150 (checked), the Monte
-    Carlo standard error of the mean is below 0.08 sd and that of the sd below 6%, so both
-    tolerances are over 3 standard errors."""
+    two-sample floor. With 2 chains of 300 draws and an ESS of s above 100 (checked; measured
+    145), the Monte Carlo standard error of the mean is below 0.1 sd and that of the sd below
+    7%, so both tolerances are 2.5 standard errors or more."""
     post = condgen.condition(
         model,
         {"y": Y},
         method="gibbs",
         kernel=kernel,
         num_chains=2,
-        warmup_steps=100,
+        warmup_steps=60,
         num_particles=32,
         steps=20,
-        num_samples=800,
+        num_samples=600,
         seed=0,
         progress=False,
     )
-    assert post.samples["s"].shape == (2, 400) and post.samples["x"].shape == (2, 400, 2)
-    exact_mean, exact_sd, exact_x = exact_draws(800, seed=2)
+    assert post.samples["s"].shape == (2, 300) and post.samples["x"].shape == (2, 300, 2)
+    exact_mean, exact_sd, exact_x = exact_draws(600, seed=2)
     s = post.samples["s"].double().flatten()
     assert abs(float(s.mean() - exact_mean)) < 0.25 * float(exact_sd), (s.mean(), exact_mean)
     assert abs(float(s.std() / exact_sd) - 1) < 0.2, (s.std(), exact_sd)
     summary = post.summary()
-    assert summary.loc["s", "ess_bulk"] > 150 and summary.loc["s", "r_hat"] < 1.05
-    _, _, floor_x = exact_draws(800, seed=3)
+    assert summary.loc["s", "ess_bulk"] > 100 and summary.loc["s", "r_hat"] < 1.05
+    _, _, floor_x = exact_draws(600, seed=3)
     floor = float(sliced_wasserstein(floor_x, exact_x, 1024))
     sw = float(sliced_wasserstein(post.flatten()["x"], exact_x, 1024))
     assert sw < floor + 0.25, (sw, floor)
     assert 0.2 < post.stats["path_update_rate"] <= 1.0
-    assert post.to_arviz().posterior["s"].shape == (2, 400)
+    assert post.to_arviz().posterior["s"].shape == (2, 300)
 
 
 def test_gibbs_refuses_a_model_without_a_path_prior():
@@ -117,7 +117,7 @@ def test_gibbs_refuses_a_model_without_a_path_prior():
         s = pyro.sample("s", dist.HalfNormal(1.0))
         pyro.sample("y", dist.Normal(0.0, s))
 
-    with pytest.raises(ValueError, match="path prior.*'nuts'"):
+    with pytest.raises(ValueError, match=r"path prior.*'nuts'"):
         condgen.condition(plain, {"y": torch.tensor(0.3)}, method="gibbs", progress=False)
 
 
