@@ -51,7 +51,7 @@ from torch import Tensor
 
 import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem, sliced_wasserstein
-from condgen.methods import DPS, TDS, PiGDM
+from condgen.methods import DPS, SMC, TDS, PiGDM
 from condgen.priors import GaussianMixturePrior
 
 SECTION = "Gaussian-mixture inverse problem"
@@ -98,9 +98,15 @@ def _draws(posterior: cg.Posterior, num_samples: int) -> Tensor:
 
 
 def run_condgen(
-    task: GaussianMixtureInverseProblem, method, num_samples: int, seed: int, **options
+    task: GaussianMixtureInverseProblem,
+    method,
+    num_samples: int,
+    seed: int,
+    num_draws: int | None = None,
+    **options,
 ) -> dict:
-    r"""Runs a condgen method through :func:`condgen.condition`.
+    r"""Runs a condgen method through :func:`condgen.condition` with ``num_samples`` particles
+    (draws), and keeps ``num_draws`` (default ``num_samples``) equally weighted draws.
 
     Returns:
         ``draws`` (resampled when weighted), wall ``time`` of the call, ``run_time`` (the
@@ -120,7 +126,7 @@ def run_condgen(
         )
         elapsed = time.perf_counter() - start
     return {
-        "draws": _draws(posterior, num_samples),
+        "draws": _draws(posterior, num_draws or num_samples),
         "time": elapsed,
         "run_time": posterior.stats["time_s"],
         "nfe": posterior.stats.get("nfe"),
@@ -257,9 +263,14 @@ def plan(steps: int, nuts: bool) -> list[tuple[str, str, Callable, str | None, C
     def dps_scaled(task, n, seed):
         return run_condgen(task, DPS(scale=task.noise, steps=steps), n, seed)
 
+    def importance_matched(task, n, seed):
+        # as many prior draws as SMC evaluates its twist: n particles at steps + 1 times
+        return run_condgen(task, "importance", n * (steps + 1), seed, n, proposal="prior")
+
     default = DPS().scale
     rows = [
         ("prior (no conditioning)", "-", prior_draws, None, None),
+        ("smc (default exact sampler)", "smc", condgen_method(SMC(steps=steps)), None, None),
         (
             f"dps (scale={default:g}, default)",
             "dps",
@@ -285,6 +296,15 @@ def plan(steps: int, nuts: bool) -> list[tuple[str, str, Callable, str | None, C
             "importance (prior)",
             "importance",
             condgen_method("importance", proposal="prior"),
+            None,
+            None,
+        )
+    )
+    rows.append(
+        (
+            f"importance (prior, {steps + 1}× draws: smc's likelihood evaluations)",
+            "importance",
+            importance_matched,
             None,
             None,
         )
@@ -506,6 +526,36 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def acceptance(records: list[dict], steps: int) -> str:
+    r"""The acceptance check of the default exact sampler, per d: on how many problems its SW is
+    within 0.25 of the two-sample floor, and on how many it is no worse than importance sampling
+    from the prior with as many likelihood evaluations (draws) as its twist evaluations."""
+    sw = {(r["d"], r["dy"], r["seed"], r["method"], r["library"]): r["sw"] for r in records}
+    smc, floor = "smc (default exact sampler)", "exact"
+    matched = f"importance (prior, {steps + 1}× draws: smc's likelihood evaluations)"
+    lines = []
+    for d in sorted({r["d"] for r in records}):
+        problems = sorted({(r["dy"], r["seed"]) for r in records if r["d"] == d})
+        close = [
+            sw[d, dy, seed, smc, "condgen"] <= sw[d, dy, seed, floor, "-"] + 0.25
+            for dy, seed in problems
+        ]
+        better = [
+            sw[d, dy, seed, smc, "condgen"] <= sw[d, dy, seed, matched, "condgen"]
+            for dy, seed in problems
+        ]
+        tds = [
+            sw[d, dy, seed, "tds (snr twist)", "condgen"] <= sw[d, dy, seed, floor, "-"] + 0.25
+            for dy, seed in problems
+        ]
+        lines.append(
+            f"* d = {d}: `smc` within 0.25 of the floor on {sum(close)} of {len(problems)} "
+            f"problems (`tds`: {sum(tds)}); no worse than importance sampling at equal "
+            f"likelihood evaluations on {sum(better)} of {len(problems)}."
+        )
+    return "Acceptance of the default exact sampler (SW ≤ floor + 0.25):\n\n" + "\n".join(lines)
+
+
 def overhead_table(results: dict[int, dict]) -> str:
     r"""Markdown table of :func:`overhead` results, one row per (d, sampler)."""
     lines = [
@@ -547,6 +597,12 @@ draws (TDS, importance) are resampled (systematic) to <particles> equally weight
 listed per seed (sorted; median (min–max) beyond 3 seeds), with the runs that failed (an error,
 or non-finite draws); time is the mean wall time of one call, NFE the number of denoiser
 evaluations (for importance sampling: likelihood evaluations).
+
+`smc` is condgen's default exact sampler (`condgen.methods.SMC`): a Gaussian twist built from
+the prior's mean and covariance, the locally optimal proposal for the linear-Gaussian
+observation and resampling before each move; one denoiser evaluation per particle and step and
+no gradient. The row "importance (prior, K× draws)" gives importance sampling as many prior
+draws as `smc` makes twist (likelihood) evaluations, resampled to <particles> draws.
 
 The exact denoiser is `GaussianMixturePrior.denoise` (relative error <check> against Tweedie's
 formula with torch's `MixtureSameFamily` density, in double precision at d = 8); with these
@@ -615,6 +671,8 @@ def report(
         "### Sliced Wasserstein to the exact posterior",
         "",
         results_table(records),
+        "",
+        acceptance(records, args.steps),
         "",
     ]
     if overheads:

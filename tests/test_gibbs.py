@@ -1,13 +1,8 @@
 """Particle Gibbs (``method="gibbs"``) on a neural prior beside a classical unknown, against the
-exact joint posterior of a Gaussian-mixture prior with an unknown noise scale.
-
-Model: s ~ HalfNormal(1), x ~ sum_k w_k N(m_k, c_k I) in R^2, y_i | x, s ~ N(x, s^2 I) for
-i = 1..5. Given s, ybar is sufficient for x and p(y | s) = sum_k w_k N(ybar; m_k, (c_k + s^2 / n)
-I) (2 pi s^2)^(-(n-1) d / 2) n^(-d / 2) exp(-SS / (2 s^2)) with SS = sum_i |y_i - ybar|^2, so
-p(s | y) is exact on a fine grid, and x | s, y is a mixture in closed form.
+exact joint posterior of a Gaussian-mixture prior with an unknown noise scale
+(``condgen.evaluate.UnknownNoiseMixture``: s ~ HalfNormal(1), x ~ a 3-component mixture in R^2,
+y_i | x, s ~ N(x, s^2 I) for i = 1..5; p(s | y) exact on a grid, x | s, y in closed form).
 """
-
-import math
 
 import pyro
 import pyro.distributions as dist
@@ -15,66 +10,39 @@ import pytest
 import torch
 
 import condgen
-from condgen.evaluate import sliced_wasserstein
-from condgen.priors import GaussianMixturePrior
+from condgen.evaluate import UnknownNoiseMixture, sliced_wasserstein
 
-WEIGHTS = torch.tensor([0.5, 0.3, 0.2])
-MEANS = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]])
-VARIANCES = torch.tensor([0.5, 0.3, 0.4])
-Y = torch.tensor([[0.9, 1.2], [1.8, 0.3], [-0.2, 1.9], [1.1, 0.2], [0.4, 1.4]])
-PRIOR = GaussianMixturePrior(WEIGHTS, MEANS, VARIANCES[:, None, None] * torch.eye(2))
+TASK = UnknownNoiseMixture.default()
+model, Y = TASK.model, TASK.y
 
 
-def model():
-    s = pyro.sample("s", dist.HalfNormal(1.0))
-    x = pyro.sample("x", PRIOR)
-    with pyro.plate("obs", len(Y)):
-        pyro.sample("y", dist.Normal(x, s.unsqueeze(-1)).to_event(1))
-
-
-def _log_marginal(s: torch.Tensor) -> torch.Tensor:
-    """log p(y | s) for a batch of s (float64)."""
-    n, d = Y.shape
-    y, ybar = Y.double(), Y.double().mean(0)
-    v = VARIANCES.double() + s[:, None] ** 2 / n  # [S, K]
-    square = (ybar - MEANS.double()).pow(2).sum(-1)  # [K]
-    components = WEIGHTS.double().log() - 0.5 * (square / v + d * (2 * math.pi * v).log())
-    spread = (y - ybar).pow(2).sum()
-    within = -0.5 * (n - 1) * d * (2 * math.pi * s**2).log() - 0.5 * d * math.log(n)
-    return components.logsumexp(-1) + within - spread / (2 * s**2)
-
-
-def exact_draws(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The exact posterior mean and sd of s (on a grid of 20000 points), and ``num`` exact joint
-    draws of x (s from the grid, then x from its mixture posterior)."""
-    grid = torch.linspace(1e-3, 6.0, 20_000, dtype=torch.float64)
-    log_post = dist.HalfNormal(1.0).log_prob(grid) + _log_marginal(grid)
-    p = log_post.softmax(0)
-    mean = (p * grid).sum()
-    sd = ((p * (grid - mean) ** 2).sum()).sqrt()
-    generator = torch.Generator().manual_seed(seed)
-    s = grid[torch.multinomial(p, num, replacement=True, generator=generator)]
-    n = len(Y)
-    v = s[:, None] ** 2 / n  # [num, 1]
-    c = VARIANCES.double()
-    ybar = Y.double().mean(0)
-    log_w = WEIGHTS.double().log() - 0.5 * (
-        (ybar - MEANS.double()).pow(2).sum(-1) / (c + v) + 2 * (c + v).log()
-    )
-    k = torch.multinomial(log_w.softmax(-1), 1, generator=generator).squeeze(-1)
-    var = 1 / (1 / c[k] + 1 / v[:, 0])  # [num]
-    loc = var[:, None] * (MEANS.double()[k] / c[k, None] + ybar / v)
-    x = loc + var.sqrt()[:, None] * torch.randn(num, 2, generator=generator, dtype=torch.float64)
-    return mean, sd, x.float()
+def exact_draws(num: int, seed: int) -> tuple[float, float, torch.Tensor]:
+    """The exact posterior mean and sd of s and ``num`` exact joint draws of x."""
+    return (*TASK.noise_moments(), TASK.reference_samples(num, seed)["x"])
 
 
 def test_exact_reference_is_self_consistent():
-    """The grid posterior of s and the joint draws agree: two sets of exact draws are close
-    (SW at the two-sample floor) and the posterior is not the prior (a real test case)."""
+    """Two sets of exact draws are close (SW at the two-sample floor), the posterior is not the
+    prior (a real test case), and the grid moments of s match a direct quadrature of
+    p(s) p(y | s) computed here independently by brute force on a grid of x and s."""
     mean, sd, x = exact_draws(4000, seed=0)
     _, _, x2 = exact_draws(4000, seed=1)
     assert float(sliced_wasserstein(x, x2, 256)) < 0.08
     assert 0.4 < float(mean) < 1.5 and float(sd) < 0.5  # HalfNormal(1): mean 0.80, sd 0.60
+    s = torch.linspace(0.05, 4.0, 400, dtype=torch.float64)
+    axis = torch.linspace(-6.0, 8.0, 141, dtype=torch.float64)
+    x_grid = torch.cartesian_prod(axis, axis)  # [G, 2], cells of 0.1 x 0.1
+    log_prior_x = TASK.prior.mixture().log_prob(x_grid.float()).double()
+    log_evidence = torch.stack(
+        [
+            (
+                log_prior_x + dist.Normal(x_grid[:, None], v).log_prob(Y.double()).sum((-1, -2))
+            ).logsumexp(0)
+            for v in s
+        ]
+    )
+    p = (dist.HalfNormal(1.0).log_prob(s) + log_evidence).softmax(0)
+    assert abs(float((p * s).sum()) - float(mean)) < 0.01
 
 
 @pytest.mark.parametrize("kernel", ["nuts"])

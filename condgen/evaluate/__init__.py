@@ -18,6 +18,7 @@ __all__ = [
     "TwoModes",
     "TwoMoons",
     "TwoMoonsLikelihood",
+    "UnknownNoiseMixture",
     "available_tasks",
     "c2st",
     "calibration",
@@ -41,6 +42,7 @@ from .calibration import Calibration, calibration
 from .compare import METRICS, Report, compare, posterior_metrics
 from .digits import DigitsDenoising, DigitsInpainting, digits_data, digits_prior, prepare_digits
 from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserstein
+from .mixed import UnknownNoiseMixture
 from .parallel import map_jobs
 from .tasks import (
     BayesianLinearRegression,
