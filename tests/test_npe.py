@@ -59,10 +59,10 @@ def linear():
 
 @pytest.fixture(scope="module")
 def precision():
-    """The precision model and an NPE trained on 4000 simulations."""
+    """The precision model and an NPE trained on 8000 simulations."""
     torch.manual_seed(1)
     npe = NPE(precision_model, observed=["y"], **SMALL_FLOW)
-    npe.fit(4000, seed=1, progress=False)
+    npe.fit(8000, seed=1, progress=False)
     return npe
 
 

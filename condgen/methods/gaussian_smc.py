@@ -176,10 +176,10 @@ class SMC(SMCMethod):
         | (Cardoso et al., 2023) https://arxiv.org/abs/2308.07983
 
         | Diffusion Posterior Sampling for Linear Inverse Problem Solving: A Filtering
-        | Perspective (Dou and Song, 2024) https://openreview.net/forum?id=tplXNcHZs1
+        | Perspective (Dou and Song, ICLR 2024)
 
         | Solving Linear-Gaussian Bayesian Inverse Problems with Decoupled Diffusion
-        | Sequential Monte Carlo (Kelvinius et al., 2025) https://arxiv.org/abs/2502.06379
+        | Sequential Monte Carlo (Ekström Kelvinius et al., 2025) https://arxiv.org/abs/2502.06379
     """
 
     name = "smc"
