@@ -129,8 +129,9 @@ class PathMethod(Method):
     The model must have one latent site, whose distribution is a condgen path prior
     (:class:`~condgen.priors.DiffusionPrior`, :class:`~condgen.priors.FlowMatchingPrior` or
     :class:`~condgen.priors.GaussianMixturePrior`); other latent sites are an error naming them
-    (use ``"nuts"``). Draws are made in batches of ``batch_size`` particles, so memory stays
-    bounded; a step that produces non-finite values stops with an error naming the method,
+    (use ``"gibbs"`` or ``"nuts"``), unless :meth:`setup` is given their values. Draws are
+    made in batches of ``batch_size`` particles, so memory stays bounded; a step that produces
+    non-finite values stops with an error naming the method,
     the step and the option to change.
 
     Arguments:
