@@ -195,6 +195,7 @@ class SMC(SMCMethod):
         if moment_samples < 2:
             raise ValueError(f"moment_samples must be at least 2, got {moment_samples}")
         self.moment_samples = moment_samples
+        self._moments: tuple | None = None  # (prior, spectral moments), set by moments()
 
     def kernel(self, setup: PathSetup) -> SMCKernel:
         grid = self.grid(setup)
@@ -205,8 +206,7 @@ class SMC(SMCMethod):
     def moments(self, setup: PathSetup) -> tuple[Tensor, Tensor, Tensor]:
         r"""The prior's mean and the eigenvalues and eigenvectors of its covariance, computed
         once per prior object and method (a Gibbs sampler sweeps many times)."""
-        cached = getattr(self, "_moments", None)
-        if cached is None or cached[0] is not setup.prior:
+        if self._moments is None or self._moments[0] is not setup.prior:
             mean, cov = setup.prior.moments(self.moment_samples)
             eigenvalues, eigenvectors = torch.linalg.eigh((cov + cov.T) / 2)
             floor = 1e-8 * float(eigenvalues.max().clamp(min=1e-30))
