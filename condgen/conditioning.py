@@ -15,6 +15,7 @@ import pyro
 import torch
 
 from . import methods
+from ._checks import as_count, as_data
 from .methods.base import Method
 from .posterior import Posterior
 from .problem import Problem
@@ -97,12 +98,12 @@ def condition(
         >>> abs(post.samples["x"].mean().item() - 0.8) < 0.1  # the exact posterior mean: 0.8
         True
     """
+    data = as_data(data)
     method = methods.get(method, **options)
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    num_samples = as_count("num_samples", num_samples)
     if isinstance(model, Problem) and (data or args or kwargs):
         raise ValueError("data, args and kwargs are already part of the given Problem")
-    devices = [v.device for v in (data or {}).values() if isinstance(v, torch.Tensor)]
+    devices = [v.device for v in data.values() if isinstance(v, torch.Tensor)]
     with seeded(seed, model.device if isinstance(model, Problem) else (devices or ["cpu"])[0]):
         # tracing the model draws from its prior: it belongs inside the seeded block
         problem = model if isinstance(model, Problem) else Problem(model, data, args, kwargs)

@@ -17,6 +17,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import constraints
 
+from ._checks import as_data
+
 _PARTICLES = "_condgen_particles"
 
 
@@ -117,12 +119,13 @@ class Problem:
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
-        self.data = {name: _as_observation(name, value) for name, value in (data or {}).items()}
+        self.data = {name: _as_observation(name, value) for name, value in as_data(data).items()}
         self.conditioned_model = poutine.condition(model, data=self.data)
 
         trace = self._trace_once()
         sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
         self._check_data_keys(sites)
+        _check_devices(sites)
 
         self.latent_sites: dict[str, Site] = {}
         self.observed_sites: dict[str, Site] = {}
@@ -160,12 +163,37 @@ class Problem:
     # ----------------------------------------------------------------------------- tracing
 
     def _trace_once(self) -> poutine.Trace:
+        tracer = poutine.trace(self.conditioned_model)
         try:
             with pyro.validation_enabled(False), torch.no_grad():
-                trace = poutine.trace(self.conditioned_model).get_trace(*self.args, **self.kwargs)
-                return prune_subsample_sites(trace)
+                return prune_subsample_sites(tracer.get_trace(*self.args, **self.kwargs))
         except Exception as error:
-            raise ValueError(f"tracing the model with the given data failed: {error}") from error
+            raise ValueError(self._failure(tracer.msngr.trace, error)) from error
+
+    def _failure(self, partial: poutine.Trace, error: Exception) -> str:
+        r"""Why tracing failed: the error, the last sample site reached, and the sites,
+        observations and arguments whose dtypes or devices disagree."""
+        sites = [s for s in partial.nodes.values() if s["type"] == "sample"]
+        where = f"after sample site '{sites[-1]['name']}'" if sites else "before any sample site"
+        message = f"running the model with the given data failed {where}: "
+        message += f"{type(error).__name__}: {error}"
+        tensors = {f"site '{s['name']}'": s["value"] for s in sites}
+        tensors |= {f"observation '{k}'": v for k, v in self.data.items() if k not in partial}
+        arguments = {**dict(enumerate(self.args)), **self.kwargs}
+        tensors |= {f"argument {k!r}": v for k, v in arguments.items() if isinstance(v, Tensor)}
+        floating = {k: v for k, v in tensors.items() if v.is_floating_point()}
+        for kind, key in (("dtype", lambda v: v.dtype), ("device", lambda v: v.device)):
+            groups: dict[Any, list[str]] = {}
+            for name, value in floating.items():
+                groups.setdefault(str(key(value)), []).append(name)
+            if len(groups) > 1:
+                listing = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
+                message += (
+                    f". The model's tensors disagree in {kind} ({listing}): give them one "
+                    f"{kind}, e.g. with prior.to(...) for a condgen prior and .to(...) for "
+                    "the observations and the model's own tensors"
+                )
+        return message
 
     def _check_data_keys(self, sites: list[dict]) -> None:
         names = {s["name"] for s in sites}
@@ -474,25 +502,37 @@ class Problem:
 
 
 def _as_observation(name: str, value: Any) -> Tensor:
-    if not isinstance(value, Tensor):
-        try:
-            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        except Exception as error:
-            raise ValueError(
-                f"observation of site '{name}' must be a tensor (or array), got {type(value)}"
-            ) from error
-    if value.is_floating_point() and not torch.isfinite(value).all():
-        bad = (~torch.isfinite(value)).sum().item()
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value, dtype=torch.get_default_dtype())
+    except Exception as error:
         raise ValueError(
-            f"observation of site '{name}' has {bad} NaN or infinite entries; remove them or "
-            "mask them with poutine.mask / obs_mask"
+            f"observation of site '{name}' must be a tensor, an array or a (nested) list of "
+            f"numbers, got {type(value).__name__}"
+        ) from error
+
+
+def _check_devices(sites: list[dict]) -> None:
+    devices: dict[str, list[str]] = {}
+    for site in sites:
+        if site["value"].is_floating_point():
+            devices.setdefault(str(site["value"].device), []).append(f"'{site['name']}'")
+    if len(devices) > 1:
+        listing = "; ".join(f"{', '.join(names)} on {d}" for d, names in devices.items())
+        raise ValueError(
+            f"the model's sites are on different devices ({listing}): move the observations, "
+            "the prior (prior.to(device)) and the model's tensors to one device"
         )
-    return value
 
 
 def _check_observation(site: Site, value: Tensor) -> None:
     if value.is_floating_point() and not torch.isfinite(value).all():
-        raise ValueError(f"observation of site '{site.name}' has NaN or infinite entries")
+        bad = (~torch.isfinite(value)).sum().item()
+        raise ValueError(
+            f"observation of site '{site.name}' has {bad} NaN or infinite entries; remove them "
+            "or mask them with poutine.mask / obs_mask"
+        )
     fn = site.distribution
     shape = fn.batch_shape + fn.event_shape
     event_shape = tuple(value.shape[value.dim() - site.event_dim :]) if site.event_dim else ()

@@ -8,6 +8,7 @@ import abc
 import inspect
 from typing import Any, ClassVar
 
+from .._checks import as_count
 from ..posterior import Posterior
 from ..problem import Problem
 
@@ -103,10 +104,16 @@ def get(method: str | Method, **options: Any) -> Method:
             + ", ".join(f"'{n}' ({f})" for n, f in available().items())
         )
     cls = _REGISTRY[method]
-    accepted = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    unknown = sorted(set(options) - set(accepted))
+    parameters = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()}
+    parameters.pop("self")
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for method '{method}'; its options are {accepted}"
+            f"unknown option(s) {unknown} for method '{method}'; its options are "
+            f"{list(parameters)}"
         )
+    for name, value in options.items():  # counts as NumPy integers or 1000.0, as for num_samples
+        default = parameters[name].default
+        if isinstance(default, int) and not isinstance(default, bool) and value is not None:
+            options[name] = as_count(f"option '{name}' of method '{method}'", value, minimum=0)
     return cls(**options)

@@ -32,6 +32,27 @@ class Prior(dist.TorchDistribution):
     def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, len(self.event_shape))
 
+    def to(self, *args, **kwargs) -> Prior:
+        r"""Moves the prior's tensors and networks to a device and/or floating dtype, in place,
+        with the arguments of :meth:`torch.nn.Module.to`; returns the prior.
+
+        Example:
+            >>> import torch
+            >>> from condgen.priors import GaussianMixturePrior
+            >>> covs = torch.eye(3).expand(2, 3, 3)
+            >>> prior = GaussianMixturePrior(torch.ones(2), torch.randn(2, 3), covs)
+            >>> prior.to(torch.float64).sample((4,)).dtype
+            torch.float64
+        """
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                floating = dtype if value.is_floating_point() else None
+                setattr(self, name, value.to(device, floating, non_blocking))
+            elif isinstance(value, torch.nn.Module):
+                value.to(*args, **kwargs)
+        return self
+
     def save(self, path: str | os.PathLike) -> None:
         r"""Saves the prior to ``path``, atomically and without pickling code; read it back
         with :func:`condgen.priors.load` (see :func:`condgen.priors.io.save_prior`)."""

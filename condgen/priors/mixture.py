@@ -57,13 +57,12 @@ class GaussianMixturePrior(PathPrior):
         steps: int = 64,
     ):
         weights, means, covs = (torch.as_tensor(v) for v in (weights, means, covs))
-        if means.dim() != 2:
-            raise ValueError(f"means must be shaped [K, d], got {tuple(means.shape)}")
-        k, d = means.shape
-        if weights.shape != (k,) or covs.shape != (k, d, d):
+        k, d = (*means.shape, 0, 0)[:2]
+        if means.dim() != 2 or weights.shape != (k,) or covs.shape != (k, d, d):
             raise ValueError(
-                f"weights must be shaped [K]={[k]} and covs [K, d, d]={[k, d, d]}, got "
-                f"{list(weights.shape)} and {list(covs.shape)}"
+                "weights, means and covs must be shaped [K], [K, d] and [K, d, d] for K "
+                f"components in d dimensions; got weights {list(weights.shape)}, means "
+                f"{list(means.shape)} and covs {list(covs.shape)}"
             )
         if (weights < 0).any() or not torch.isfinite(weights).all() or weights.sum() <= 0:
             raise ValueError("weights must be finite, non-negative and not all zero")
@@ -86,6 +85,11 @@ class GaussianMixturePrior(PathPrior):
         # [points, K, d] intermediate (the d = 800 benchmark setting)
         self._isotropic = self._diagonal and bool((eigenvalues == eigenvalues[:, :1]).all())
         self._square_norms = means.double().pow(2).sum(-1)
+
+    def to(self, *args, **kwargs) -> GaussianMixturePrior:
+        super().to(*args, **kwargs)
+        self._square_norms = self.means.double().pow(2).sum(-1)  # double on purpose
+        return self
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         return self.means.device, self.means.dtype

@@ -1,0 +1,158 @@
+"""Bad input at the public entry points gets a clear error naming the argument or site, and
+input a Pyro user would expect to work (NumPy counts, lists, float64 models) works.
+
+The dtype tests run one method of every family end to end in float32 and float64 on a
+Gaussian prior with a linear-Gaussian observation, whose posterior is conjugate: the exact
+methods' means are checked against it.
+"""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import condgen
+from condgen.priors import GaussianMixturePrior
+
+NOISE = 0.5
+
+
+def gaussian_prior(dtype=torch.float32) -> GaussianMixturePrior:
+    """N(0, I) in 2-D as a one-component mixture: a path prior with the exact denoiser."""
+    return GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None]).to(dtype)
+
+
+def linear_model(prior, operator):
+    def model():
+        x = pyro.sample("x", prior)
+        pyro.sample("y", dist.Normal(x @ operator.mT, NOISE).to_event(1))
+
+    return model
+
+
+def exact_mean(y: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
+    """The posterior mean of x ~ N(0, I), y ~ N(A x, NOISE² I): A^T (A A^T + NOISE² I)^-1 y."""
+    gram = operator @ operator.mT + NOISE**2 * torch.eye(len(y), dtype=y.dtype)
+    return operator.mT @ torch.linalg.solve(gram, y)
+
+
+OPERATOR = torch.tensor([[1.0, 0.5]])
+Y = torch.tensor([1.2])
+
+
+def test_data_must_be_a_mapping():
+    model = linear_model(gaussian_prior(), OPERATOR)
+    for call in (
+        lambda: condgen.condition(model, Y, method="importance", progress=False),
+        lambda: condgen.Problem(model, Y),
+    ):
+        with pytest.raises(ValueError, match=r"data must map observed site names.*Tensor"):
+            call()
+    with pytest.raises(ValueError, match="site names"):
+        condgen.condition(model, {0: Y}, method="importance", progress=False)
+
+
+def test_dtype_mismatch_names_the_sites_and_the_fix():
+    model = linear_model(gaussian_prior(torch.float32), OPERATOR.double())
+    with pytest.raises(ValueError) as info:
+        condgen.condition(model, {"y": Y.double()}, method="importance", progress=False)
+    message = str(info.value)
+    assert "after sample site 'x'" in message and "dtype" in message
+    assert "torch.float32: site 'x'" in message and "torch.float64: observation 'y'" in message
+    assert "prior.to(" in message
+
+
+def test_model_that_raises_names_the_last_site():
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        raise KeyError("no such column")
+
+    with pytest.raises(ValueError, match=r"after sample site 'a': KeyError: 'no such column'"):
+        condgen.Problem(model)
+
+
+def test_observation_on_another_device_names_the_sites():
+    """No CUDA here: the meta device stands in for a second device."""
+    model = linear_model(gaussian_prior(), OPERATOR)
+    with pytest.raises(ValueError, match=r"different devices \('x' on cpu; 'y' on meta\)"):
+        condgen.Problem(model, {"y": Y.to("meta")})
+
+
+def test_mixture_shape_error_names_all_three_shapes():
+    with pytest.raises(ValueError) as info:
+        GaussianMixturePrior(torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(2, 2, 2))
+    message = str(info.value)
+    assert "weights [2]" in message and "means [3, 2]" in message
+    assert "covs [2, 2, 2]" in message
+
+
+@pytest.mark.parametrize("count", [np.int64(64), np.int32(64), 64.0, np.float64(64.0)], ids=repr)
+def test_numpy_and_integral_float_counts_are_accepted(count):
+    model = linear_model(gaussian_prior(), OPERATOR)
+    post = condgen.condition(
+        model, {"y": Y}, method="smc", steps=count // 4, num_samples=count, seed=0,
+        progress=False,
+    )  # fmt: skip
+    assert post.samples["x"].shape[-2:] == (64, 2)
+    assert post.stats["nfe"] >= 16
+
+
+@pytest.mark.parametrize("count", [2.5, 0, -3, True, "100"], ids=repr)
+def test_bad_counts_name_the_argument(count):
+    model = linear_model(gaussian_prior(), OPERATOR)
+    with pytest.raises(ValueError, match="num_samples must be an integer"):
+        condgen.condition(model, {"y": Y}, method="smc", num_samples=count, progress=False)
+    with pytest.raises(ValueError, match="option 'steps' of method 'smc'"):
+        condgen.condition(model, {"y": Y}, method="smc", steps=2.5, progress=False)
+
+
+def test_list_observation_is_accepted():
+    model = linear_model(gaussian_prior(), OPERATOR)
+    a = condgen.condition(model, {"y": [1.2]}, method="smc", steps=20, num_samples=64, seed=1,
+                          progress=False)  # fmt: skip
+    b = condgen.condition(model, {"y": Y}, method="smc", steps=20, num_samples=64, seed=1,
+                          progress=False)  # fmt: skip
+    assert torch.equal(a.samples["x"], b.samples["x"])
+    with pytest.raises(ValueError, match="observation of site 'y' must be a tensor"):
+        condgen.Problem(model, {"y": object()})
+
+
+# One method per family, with small sizes; the exact ones are checked against the conjugate
+# posterior mean, the guidance one only for dtype and finiteness (DPS is biased).
+FAMILY_RUNS = {
+    "importance": ({}, True),
+    "smc": ({"steps": 30}, True),
+    "nuts": ({"num_chains": 1, "warmup_steps": 150}, True),
+    "svi": ({"num_steps": 300}, False),
+    "dps": ({"steps": 30}, False),
+    "pigdm": ({"steps": 30}, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("method", list(FAMILY_RUNS))
+def test_dtype_end_to_end(method, dtype):
+    options, exact = FAMILY_RUNS[method]
+    operator, y = OPERATOR.to(dtype), Y.to(dtype)
+    model = linear_model(gaussian_prior(dtype), operator)
+    num_samples = 400 if method == "nuts" else 2000
+    post = condgen.condition(model, {"y": y}, method=method, num_samples=num_samples, seed=0,
+                             progress=False, **options)  # fmt: skip
+    draws = post.samples["x"]
+    assert draws.dtype == dtype and torch.isfinite(draws).all()
+    assert post.log_likelihood()["y"].dtype == dtype
+    if exact:
+        # posterior sd is at most 1; 5 sigma of the mean of n draws (ESS at least n / 4)
+        error = (post.moments("x")[0] - exact_mean(y, operator)).abs().max()
+        assert error < 5 * (4 / num_samples) ** 0.5
+
+
+def test_amortized_estimator_follows_a_float64_model():
+    operator = OPERATOR.double()
+    model = linear_model(gaussian_prior(torch.float64), operator)
+    npe = condgen.infer.NPE(model, observed=["y"], hidden_features=[32, 32], transforms=2)
+    npe.fit(500, max_epochs=2, seed=0, progress=False)
+    post = condgen.condition(model, {"y": Y.double()}, method="npe", estimator=npe,
+                             num_samples=50, seed=0, progress=False)  # fmt: skip
+    assert post.samples["x"].dtype == torch.float64
