@@ -16,86 +16,114 @@ __all__ = ["demo", "main", "parse_spec"]
 import argparse
 import ast
 import contextlib
+import multiprocessing
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import methods as _methods
+from ._checks import as_count
 from .evaluate import tasks as _tasks
 from .evaluate.compare import DEFAULT_METRICS, METRICS, Report, compare
 from .evaluate.plots import plot_draws
 from .evaluate.tasks import BayesianLinearRegression, BetaBinomial, GaussianMixtureInverseProblem
-from .methods import DPS, NUTS, SVI, TDS, Importance, PiGDM
+from .methods import DPS, NUTS, SMC, SVI, TDS, Importance, PiGDM
+
+
+def _map(function: Callable, jobs: Sequence[tuple], workers: int) -> list:
+    r"""``[function(*job) for job in jobs]``, in ``workers`` processes (one torch thread each)
+    when ``workers > 1``; ``function`` and the jobs must pickle."""
+    if workers == 1:
+        return [function(*job) for job in jobs]
+    context = multiprocessing.get_context("spawn")  # forking a process that ran torch is unsafe
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=context, initializer=torch.set_num_threads,
+        initargs=(1,),
+    ) as pool:  # fmt: skip
+        return [future.result() for future in [pool.submit(function, *job) for job in jobs]]
+
+
+def _demo_report(index: int, num_samples: int, seed: int, progress: bool) -> Report:
+    r"""The demo's ``index``-th comparison (0: the mixture, 1: the regression, 2: the
+    Beta-Binomial), against the task's exact posterior."""
+    if index == 0:
+        task = GaussianMixtureInverseProblem.circle(seed=seed)
+        methods: dict[str, Any] = {
+            "nuts": NUTS(num_chains=4, warmup_steps=300),
+            "smc": SMC(steps=100),
+            "tds": TDS(steps=100),
+            "dps": DPS(steps=100),
+            "pigdm": PiGDM(steps=100),
+        }
+        reference = task.reference_samples(num_samples, seed=seed + 1)
+        title = f"task: {task.name} (2-D mixture prior, y = x[0] + noise: bimodal posterior)"
+    else:
+        task = (BayesianLinearRegression(), BetaBinomial())[index - 1]
+        methods = {
+            "nuts": NUTS(num_chains=4, warmup_steps=200),
+            "svi (mvn)": SVI(guide="mvn", num_steps=1500),
+            "svi (normal)": SVI(guide="normal", num_steps=1500),
+            "importance (guide)": Importance(proposal="guide", num_steps=1500),
+            "importance (prior)": Importance(proposal="prior"),
+        }
+        reference = task.reference_samples(20_000, seed=seed)
+        title = f"task: {task.name}"
+    with warnings.catch_warnings():  # e.g. Pareto k-hat: the table shows ess instead
+        warnings.simplefilter("ignore")
+        return compare(
+            task.model,
+            task.data,
+            methods=methods,
+            reference=reference,
+            reference_label="exact draws",
+            num_samples=num_samples,
+            seed=seed,
+            progress=progress,
+            title=title,
+        )
 
 
 def demo(
-    num_samples: int = 1000, seed: int = 0, progress: bool = False, plot: str | None = None
+    num_samples: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    plot: str | None = None,
+    workers: int = 1,
 ) -> list[Report]:
     r"""The embedded default comparison, against exact posteriors.
 
     1. A 2-D Gaussian-mixture prior (a stand-in for a learned prior, with its exact denoiser)
        observed through one noisy linear projection, so the posterior is bimodal: NUTS on its
-       exact density, TDS, DPS and PiGDM.
+       exact density, SMC, TDS, DPS and PiGDM.
     2. The Bayesian methods on a Bayesian linear regression and a constrained Beta-Binomial.
+
+    The three comparisons are independent: with ``workers > 1`` they run in that many
+    processes (one torch thread each), with the same seeds as in one process.
 
     Arguments:
         num_samples: Draws per method.
         seed: Seed of every run.
-        progress: Whether to show progress bars.
+        progress: Whether to show progress bars (in one process only).
         plot: A PNG path for the draws of the mixture task beside the exact posterior.
+        workers: Processes to run the comparisons in.
 
     Returns:
         One :class:`~condgen.evaluate.Report` per task.
     """
-    task = GaussianMixtureInverseProblem.circle(seed=seed)
-    reference = task.reference_samples(num_samples, seed=seed + 1)
-    mixture = compare(
-        task.model,
-        task.data,
-        methods={
-            "nuts": NUTS(num_chains=4, warmup_steps=300),
-            "tds": TDS(steps=100),
-            "dps": DPS(steps=100),
-            "pigdm": PiGDM(steps=100),
-        },
-        reference=reference,
-        reference_label="exact draws",
-        num_samples=num_samples,
-        seed=seed,
-        progress=progress,
-        title=f"task: {task.name} (2-D mixture prior, y = x[0] + noise: bimodal posterior)",
-    )
+    workers = as_count("workers", workers)
+    jobs = [(index, num_samples, seed, progress and workers == 1) for index in range(3)]
+    reports = _map(_demo_report, jobs, workers)
     if plot:
-        figure = plot_draws(mixture.posteriors, reference["x"], "x", title=mixture.title)
+        mixture = reports[0]
+        figure = plot_draws(mixture.posteriors, mixture.reference["x"], "x", title=mixture.title)
         figure.savefig(plot, dpi=120)
-    methods = {
-        "nuts": NUTS(num_chains=4, warmup_steps=300),
-        "svi (mvn)": SVI(guide="mvn", num_steps=1500),
-        "svi (normal)": SVI(guide="normal", num_steps=1500),
-        "importance (guide)": Importance(proposal="guide", num_steps=1500),
-        "importance (prior)": Importance(proposal="prior"),
-    }
-    reports = [mixture]
-    for task in (BayesianLinearRegression(), BetaBinomial()):
-        reports.append(
-            compare(
-                task.model,
-                task.data,
-                methods=methods,
-                reference=task.reference_samples(20_000, seed=seed),
-                reference_label="exact draws",
-                num_samples=num_samples,
-                seed=seed,
-                progress=progress,
-                title=f"task: {task.name}",
-            )
-        )
     return reports
 
 
@@ -210,14 +238,13 @@ def _demo_command(args: argparse.Namespace) -> int:
         "sw: sliced Wasserstein)\n"
     )
     progress = (args.progress or _interactive()) and not args.quiet
-    with warnings.catch_warnings():  # e.g. Pareto k-hat: the table shows ess instead
-        warnings.simplefilter("ignore")
-        reports = demo(args.num_samples, args.seed, progress, plot=args.plot or None)
+    plot = str(Path(args.plot).resolve()) if args.plot else None
+    reports = demo(args.num_samples, args.seed, progress, plot=plot, workers=args.workers)
     for report in reports:
         say(f"{report}\n")
-    if args.plot:
-        say(f"draws of the mixture task beside the exact posterior: {args.plot}")
-    say(f"total time: {time.perf_counter() - start:.1f} s")
+    say(f"total time: {time.perf_counter() - start:.1f} s ({args.workers} processes)")
+    if plot:
+        say(f"the mixture task's draws beside the exact posterior: {plot}")
     return 0
 
 
@@ -265,6 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing")
     run.add_argument(
         "--plot", default="condgen-demo.png", help="PNG of the mixture task's draws ('' for none)"
+    )
+    run.add_argument(
+        "--workers", type=int, default=2, help="processes for the three comparisons (default 2)"
     )
     run.set_defaults(handler=_demo_command)
 

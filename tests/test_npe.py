@@ -1,7 +1,7 @@
 """Tests of neural posterior estimation: condgen.infer.NPE and method="npe"."""
 
 import math
-import time
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -15,6 +15,7 @@ from condgen.infer import NPE
 from condgen.methods import NPEMethod
 
 SMALL_FLOW = {"transforms": 3, "hidden_features": [32, 32]}
+TWO_MOONS_SIMULATIONS = 2000 if os.environ.get("CI") else 10_000
 
 
 @pytest.fixture(autouse=True)
@@ -71,17 +72,16 @@ def precision():
 
 @pytest.mark.slow
 def test_two_moons_c2st():
-    """NPE on two moons at 10^4 simulations: C2ST against the exact posterior (1000 draws each
-    side) averaged over the standard observation (0, 0) and two simulated ones is at most 0.65
-    (the SBI benchmark's NPE is about 0.61 at this budget; 0.5 is a perfect match; the same
-    estimator scores 0.52, 0.56 and 0.54 on these observations in benchmarks/npe.py, with
-    5000 draws). It takes 2 to 3 minutes on one CPU thread (170 s measured on a shared
-    2-core machine), nearly all of it training: ~100 epochs of 90 steps before early
-    stopping."""
-    start = time.perf_counter()
+    """NPE on two moons: C2ST against the exact posterior (1000 draws each side) averaged over
+    the standard observation (0, 0) and two simulated ones is at most 0.65 (0.5 is a perfect
+    match). The SBI benchmark's NPE scores 0.725 at 10^3 simulations and 0.606 at 10^4.
+
+    Under ``CI`` the estimator trains on 2000 simulations (measured 0.584: 0.589, 0.600, 0.564,
+    after 75 epochs and 45 s of training on one thread), else on 10^4 (0.52, 0.56 and 0.54 on
+    these observations in benchmarks/npe.py, with 5000 draws; 2 to 3 minutes)."""
     torch.manual_seed(0)
     npe = NPE(TwoMoons().model, observed=["x"])
-    npe.fit(10_000, seed=0, progress=False)
+    npe.fit(TWO_MOONS_SIMULATIONS, seed=0, progress=False)
     scores = []
     for i, task in enumerate(
         [TwoMoons()] + [TwoMoons(seed=k, observation="simulated") for k in (4, 6)]
@@ -95,7 +95,6 @@ def test_two_moons_c2st():
         assert ((draws > -1) & (draws < 1)).all()  # no leakage out of the prior's support
         scores.append(float(c2st(draws, reference)))
     assert sum(scores) / len(scores) <= 0.65, scores
-    assert time.perf_counter() - start < 600
 
 
 def test_gaussian_linear_moments(linear):

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 from tqdm import tqdm
 
+from .._optim import adamw
 from ..priors.io import _check_plain
 from ..problem import Problem, Site
 
@@ -517,7 +518,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         if not self.trained:
             self._standardise_from(theta[train], x[train])
         parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=lr)
+        optimizer = adamw(parameters, lr=lr)
         scheduler = None
         if lr_decay < 1:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -14,6 +14,7 @@ import zuko
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._optim import adamw
 from .base import Prior
 
 FLOWS: dict[str, type[zuko.flows.Flow]] = {
@@ -333,7 +334,7 @@ class FlowPrior(Prior):
         if self.context is not None:
             self.context = self.context.to(data)
         parameters = [p for p in self.flow.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        optimizer = adamw(parameters, lr=lr, weight_decay=weight_decay)
         n, batch_size = data.shape[0], min(batch_size, data.shape[0])
         losses: list[float] = []
         self.flow.train()
