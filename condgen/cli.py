@@ -21,8 +21,8 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +37,22 @@ from .evaluate.tasks import BayesianLinearRegression, BetaBinomial, GaussianMixt
 from .methods import DPS, NUTS, SMC, SVI, TDS, Importance, PiGDM
 
 
-def _map(function: Callable, jobs: Sequence[tuple], workers: int) -> list:
-    r"""``[function(*job) for job in jobs]``, in ``workers`` processes (one torch thread each)
-    when ``workers > 1``; ``function`` and the jobs must pickle."""
-    if workers == 1:
-        return [function(*job) for job in jobs]
-    context = multiprocessing.get_context("spawn")  # forking a process that ran torch is unsafe
-    with ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=context, initializer=torch.set_num_threads,
-        initargs=(1,),
-    ) as pool:  # fmt: skip
-        return [future.result() for future in [pool.submit(function, *job) for job in jobs]]
+def _quiet_worker() -> None:
+    r"""Sets up a demo worker process: one torch thread, and no warnings (the table shows
+    what they would say, e.g. a low ESS for a Pareto k-hat warning)."""
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
 
 
-def _demo_report(index: int, num_samples: int, seed: int, progress: bool) -> Report:
+def _demo_report(
+    index: int, num_samples: int, seed: int, progress: bool, executor: Executor | None
+) -> Report:
     r"""The demo's ``index``-th comparison (0: the mixture, 1: the regression, 2: the
     Beta-Binomial), against the task's exact posterior."""
     if index == 0:
         task = GaussianMixtureInverseProblem.circle(seed=seed)
         methods: dict[str, Any] = {
-            "nuts": NUTS(num_chains=4, warmup_steps=300),
+            "nuts": NUTS(num_chains=4, warmup_steps=150),
             "smc": SMC(steps=100),
             "tds": TDS(steps=100),
             "dps": DPS(steps=100),
@@ -67,10 +63,10 @@ def _demo_report(index: int, num_samples: int, seed: int, progress: bool) -> Rep
     else:
         task = (BayesianLinearRegression(), BetaBinomial())[index - 1]
         methods = {
-            "nuts": NUTS(num_chains=4, warmup_steps=200),
-            "svi (mvn)": SVI(guide="mvn", num_steps=1500),
-            "svi (normal)": SVI(guide="normal", num_steps=1500),
-            "importance (guide)": Importance(proposal="guide", num_steps=1500),
+            "nuts": NUTS(num_chains=4, warmup_steps=150),
+            "svi (mvn)": SVI(guide="mvn", num_steps=1000),
+            "svi (normal)": SVI(guide="normal", num_steps=1000),
+            "importance (guide)": Importance(proposal="guide", num_steps=1000),
             "importance (prior)": Importance(proposal="prior"),
         }
         reference = task.reference_samples(20_000, seed=seed)
@@ -87,6 +83,7 @@ def _demo_report(index: int, num_samples: int, seed: int, progress: bool) -> Rep
             seed=seed,
             progress=progress,
             title=title,
+            executor=executor,
         )
 
 
@@ -104,13 +101,14 @@ def demo(
        exact density, SMC, TDS, DPS and PiGDM.
     2. The Bayesian methods on a Bayesian linear regression and a constrained Beta-Binomial.
 
-    The three comparisons are independent: with ``workers > 1`` they run in that many
-    processes (one torch thread each), with the same seeds as in one process.
+    Every run (a method on a task) is an independent job with its own seed: with
+    ``workers > 1`` the runs of each comparison fan out over that many processes (one torch
+    thread each) and give the table of the local run.
 
     Arguments:
         num_samples: Draws per method.
         seed: Seed of every run.
-        progress: Whether to show progress bars (in one process only).
+        progress: Whether to show progress bars.
         plot: A PNG path for the draws of the mixture task beside the exact posterior.
         workers: Processes to run the comparisons in.
 
@@ -118,8 +116,13 @@ def demo(
         One :class:`~condgen.evaluate.Report` per task.
     """
     workers = as_count("workers", workers)
-    jobs = [(index, num_samples, seed, progress and workers == 1) for index in range(3)]
-    reports = _map(_demo_report, jobs, workers)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if workers > 1:  # spawned: forking a process that ran torch is unsafe
+            executor = stack.enter_context(
+                ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _quiet_worker)
+            )
+        reports = [_demo_report(i, num_samples, seed, progress, executor) for i in range(3)]
     if plot:
         mixture = reports[0]
         figure = plot_draws(mixture.posteriors, mixture.reference["x"], "x", title=mixture.title)

@@ -5,13 +5,9 @@ import subprocess
 import sys
 
 import pandas as pd
-import pyro
-import pyro.distributions as dist
 import pytest
-import torch
 
-import condgen
-from condgen.cli import _map, main, parse_spec
+from condgen.cli import main, parse_spec
 
 COMMANDS = ["demo", "compare", "tasks", "methods", "prepare"]
 
@@ -98,28 +94,6 @@ def test_parse_spec():
     )
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_spec("tds:steps")
-
-
-def _normal_model():
-    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-    pyro.sample("y", dist.Normal(mu, 0.5))
-
-
-def _draws(seed):
-    post = condgen.condition(
-        _normal_model, {"y": torch.tensor(0.3)}, method="importance", num_samples=200,
-        seed=seed, progress=False,
-    )  # fmt: skip
-    return post.samples["mu"]
-
-
-def test_jobs_in_processes_give_what_one_process_gives():
-    """The demo's comparisons run in spawned processes; a seeded run there returns the draws
-    it returns here, and different seeds differ."""
-    jobs = [(0,), (1,)]
-    here, there = _map(_draws, jobs, 1), _map(_draws, jobs, 2)
-    assert all(torch.equal(a, b) for a, b in zip(here, there, strict=True))
-    assert not torch.equal(there[0], there[1])
 
 
 def test_import_prints_no_warning(tmp_path):
