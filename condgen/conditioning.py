@@ -4,45 +4,18 @@ from __future__ import annotations
 
 __all__ = ["condition", "seeded"]
 
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-import pyro
 import torch
 
 from . import methods
 from ._checks import as_count, as_data
+from ._random import seeded
 from .methods.base import Method
 from .posterior import Posterior
 from .problem import Problem
-
-
-@contextmanager
-def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    r"""Runs a block with every random number generator seeded, then restores their states.
-
-    The torch (CPU and, for a CUDA ``device``, that device), NumPy and Python generators are
-    seeded with ``seed`` through :func:`pyro.set_rng_seed`, so a block gives the same draws
-    for the same seed and leaves the caller's random state as it found it. With ``seed=None``
-    the block runs on the global generators unchanged.
-    """
-    if seed is None:
-        yield
-        return
-    device = torch.device(device)
-    devices = [device] if device.type == "cuda" else []
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=devices):
-        pyro.set_rng_seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
 
 
 def condition(

@@ -13,7 +13,7 @@ from condgen.evaluate import NormalNormal, moment_errors
 from condgen.methods import NUTS, Importance
 
 TASK = NormalNormal(dim=2, num_obs=1)  # a posterior wide enough for prior importance
-FAST = {"importance": Importance(proposal="prior"), "nuts": NUTS(num_chains=2, warmup_steps=100)}
+FAST = {"importance": Importance(proposal="prior"), "nuts": NUTS(num_chains=2, warmup_steps=60)}
 
 
 def _report(**options):

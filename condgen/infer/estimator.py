@@ -23,6 +23,7 @@ from torch.distributions import Transform, biject_to
 from tqdm import tqdm
 
 from .._optim import adamw
+from .._random import seeded
 from ..priors.io import _check_plain
 from ..problem import Problem, Site
 
@@ -340,8 +341,6 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         Returns:
             Every latent and observed site, each shaped ``[N, *site.shape]``.
         """
-        from ..conditioning import seeded  # conditioning imports the methods, which import us
-
         if not isinstance(num_simulations, int) or num_simulations < 1:
             raise ValueError(
                 f"num_simulations must be a positive integer, got {num_simulations!r}"
@@ -421,8 +420,6 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 simulations remain.
             FloatingPointError: If the training loss becomes NaN or infinite.
         """
-        from ..conditioning import seeded
-
         given = {
             "max_epochs": max_epochs,
             "batch_size": batch_size,
