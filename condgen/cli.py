@@ -52,7 +52,7 @@ def _demo_report(
     if index == 0:
         task = GaussianMixtureInverseProblem.circle(seed=seed)
         methods: dict[str, Any] = {
-            "nuts": NUTS(num_chains=4, warmup_steps=150),
+            "nuts": NUTS(num_chains=4, warmup_steps=150, jit_compile=True),
             "smc": SMC(steps=100),
             "tds": TDS(steps=100),
             "dps": DPS(steps=100),
@@ -63,7 +63,7 @@ def _demo_report(
     else:
         task = (BayesianLinearRegression(), BetaBinomial())[index - 1]
         methods = {
-            "nuts": NUTS(num_chains=4, warmup_steps=150),
+            "nuts": NUTS(num_chains=4, warmup_steps=150, jit_compile=True),
             "svi (mvn)": SVI(guide="mvn", num_steps=1000),
             "svi (normal)": SVI(guide="normal", num_steps=1000),
             "importance (guide)": Importance(proposal="guide", num_steps=1000),
@@ -118,10 +118,10 @@ def demo(
     workers = as_count("workers", workers)
     with contextlib.ExitStack() as stack:
         executor = None
-        if workers > 1:  # spawned: forking a process that ran torch is unsafe
-            executor = stack.enter_context(
-                ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _quiet_worker)
-            )
+        if workers > 1:  # forked where that is safe (Linux): no second import of condgen
+            method = "fork" if sys.platform == "linux" else "spawn"
+            context = multiprocessing.get_context(method)
+            executor = stack.enter_context(ProcessPoolExecutor(workers, context, _quiet_worker))
         reports = [_demo_report(i, num_samples, seed, progress, executor) for i in range(3)]
     if plot:
         mixture = reports[0]

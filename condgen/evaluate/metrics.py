@@ -7,6 +7,8 @@ __all__ = ["c2st", "energy_distance", "mmd", "moment_errors", "sliced_wasserstei
 import torch
 from torch import Tensor, nn
 
+from .._optim import adamw
+
 
 def sliced_wasserstein(
     x: Tensor, y: Tensor, num_projections: int = 256, seed: int | None = 0
@@ -168,7 +170,7 @@ def c2st(x: Tensor, y: Tensor, folds: int = 5, epochs: int = 300, seed: int = 0)
                 nn.ReLU(),
                 nn.Linear(10 * d, 1),
             )
-            optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+            optimizer = adamw(classifier.parameters(), lr=1e-2)
             with torch.enable_grad():
                 for _ in range(epochs):
                     loss = nn.functional.binary_cross_entropy_with_logits(

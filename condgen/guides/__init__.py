@@ -15,11 +15,12 @@ __all__ = [
     "MixingNetwork",
     "SemiImplicitGuide",
     "SemiImplicitLatent",
+    "TrilAffine",
     "build_flow",
 ]
 
 from .amortized import AmortizedFlowGuide, AmortizedNormal
-from .flows import FLOWS, ElementwiseAffine, FlowGuide, FlowLatent, build_flow
+from .flows import FLOWS, ElementwiseAffine, FlowGuide, FlowLatent, TrilAffine, build_flow
 from .implicit import (
     AmortizedImplicitGuide,
     AmortizedSemiImplicitGuide,
