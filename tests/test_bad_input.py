@@ -121,7 +121,7 @@ def test_list_observation_is_accepted():
 # One method per family, with small sizes; the exact ones are checked against the conjugate
 # posterior mean, the guidance one only for dtype and finiteness (DPS is biased).
 FAMILY_RUNS = {
-    "importance": ({}, True),
+    "importance": ({"num_steps": 300}, True),
     "smc": ({"steps": 30}, True),
     "nuts": ({"num_chains": 1, "warmup_steps": 150}, True),
     "svi": ({"num_steps": 300}, False),

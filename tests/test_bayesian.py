@@ -141,7 +141,7 @@ def _check_moments(post, mean, sd, kurtosis, slack: float = 0.0) -> None:
 # ------------------------------------------------------------- Gaussian closed forms (1)
 
 GAUSSIAN_CONFIGS = {
-    "nuts": ("nuts", {"warmup_steps": 300}, 0.0),
+    "nuts": ("nuts", {"warmup_steps": 200}, 0.0),
     "svi": ("svi", SVI_OPTIONS, SVI_SLACK),
     "importance-guide": ("importance", {"proposal": "guide", "num_steps": 1000}, 0.0),
     "importance-prior": ("importance", {"proposal": "prior"}, 0.0),
@@ -201,7 +201,7 @@ def _logit_student_guide():
 
 
 BETA_CONFIGS = {
-    "nuts": ("nuts", {"warmup_steps": 300}, 1000),
+    "nuts": ("nuts", {"warmup_steps": 200}, 1000),
     "importance-guide": (
         "importance",
         {"proposal": "guide", "guide": _logit_student_guide, "num_steps": 1000},

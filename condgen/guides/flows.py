@@ -35,15 +35,19 @@ r"""The flows of :func:`build_flow` and the guides, by name: zuko's flow classes
 the box :math:`[-\pi, \pi]^D`, not the unconstrained space of the latent sites."""
 
 
-class _ShiftScale(Transform):
-    r"""The transformation :math:`y = \mu + \exp(\ell) \odot x` over the last dimension;
-    unlike :class:`~torch.distributions.transforms.AffineTransform`, its event shape is that
-    of :math:`x`, whatever the batch shape of :math:`(\mu, \ell)`."""
+class _VectorAffine(Transform):
+    r"""An increasing affine bijection of :math:`\mathbb{R}^D` over the last dimension; unlike
+    :class:`~torch.distributions.transforms.AffineTransform`, its event shape is that of
+    :math:`x`, whatever the batch shape of its parameters."""
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
     sign = +1
+
+
+class _ShiftScale(_VectorAffine):
+    r"""The transformation :math:`y = \mu + \exp(\ell) \odot x`."""
 
     def __init__(self, loc: Tensor, log_scale: Tensor):
         super().__init__()
@@ -102,14 +106,9 @@ class ElementwiseAffine(LazyTransform):
         return _ShiftScale(loc, log_scale)
 
 
-class _TrilShiftScale(Transform):
-    r"""The transformation :math:`y = \mu + L x` over the last dimension, with :math:`L` lower
-    triangular with a positive diagonal; :math:`\log |\det L| = \sum_i \log L_{ii}`."""
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
+class _TrilShiftScale(_VectorAffine):
+    r"""The transformation :math:`y = \mu + L x`, with :math:`L` lower triangular with a
+    positive diagonal; :math:`\log |\det L| = \sum_i \log L_{ii}`."""
 
     def __init__(self, loc: Tensor, scale_tril: Tensor):
         super().__init__()
