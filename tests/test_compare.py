@@ -61,9 +61,13 @@ def test_seeds_give_spread_and_runs():
         assert (report.table[f"{metric}_sd"] > 0).all()
     # different seeds give different draws; the same seed the same table
     assert report.runs.groupby("method")["sw"].nunique().min() == 3
-    again = _report(seeds=[0, 1, 2], metrics=("mean_err", "sd_ratio", "sw", "energy", "mmd"))
+    again = _report(
+        methods={"importance": FAST["importance"]},
+        seeds=[0, 1, 2],
+        metrics=("mean_err", "sd_ratio", "sw", "energy", "mmd"),
+    )
     pd.testing.assert_frame_equal(
-        report.table.drop(columns=["time_s", "time_s_sd"]),
+        report.table.drop(columns=["time_s", "time_s_sd"]).iloc[:1],
         again.table.drop(columns=["time_s", "time_s_sd"]),
     )
     # correct methods: exact-level errors (4000 reference draws, about 400 draws each)
@@ -90,16 +94,16 @@ def test_failing_methods_are_rows_with_their_error():
 def test_reference_by_method_name_is_flagged_and_accurate():
     report = _report(
         methods={"importance": Importance(proposal="prior")},
-        reference=NUTS(num_chains=2, warmup_steps=200),
-        reference_samples=4000,
+        reference=NUTS(num_chains=2, warmup_steps=100),
+        reference_samples=2000,
     )
     assert "nuts" in report.reference_label and "approximate" in report.reference_label
     assert "approximate" in str(report)
     exact = TASK.posterior()["x"]
     draws = report.reference["x"]
-    assert draws.shape == (4000, 2)
-    # NUTS on a Gaussian: ESS is a large fraction of the draws; 5 sigma at ESS >= 1000
-    se = exact.base_dist.scale / math.sqrt(1000)
+    assert draws.shape == (2000, 2)
+    # NUTS on a Gaussian: ESS is a large fraction of the draws; 5 sigma at ESS >= 500
+    se = exact.base_dist.scale / math.sqrt(500)
     assert ((draws.mean(0) - exact.mean).abs() < 5 * se).all()
     assert report.table.loc[0, "mean_err"] < 0.5
     with pytest.raises(TypeError, match="reference"):

@@ -96,6 +96,25 @@ def test_mixture_score_is_gradient_of_noised_density(schedule):
     )
 
 
+@pytest.mark.parametrize("diagonal", [False, True], ids=["full", "diagonal"])
+def test_mixture_denoise_covariance_is_tweedie(diagonal):
+    """Cov[x | x_t] of the mixture equals Tweedie's second-order formula (sigma^2 / alpha) dD/dx_t,
+    with the Jacobian of the exact denoiser by autograd, and is symmetric positive definite."""
+    prior = mixture(VPSchedule(), torch.float64)
+    if diagonal:
+        prior = GaussianMixturePrior(prior.weights, prior.means, torch.diag_embed(
+            prior.covs.diagonal(dim1=-2, dim2=-1)), schedule=VPSchedule())  # fmt: skip
+    torch.manual_seed(3)
+    x_t, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    alpha, sigma = prior.schedule(t)
+    jacobian = torch.stack(
+        [torch.autograd.functional.jacobian(lambda x: prior.denoise(x, t), x) for x in x_t]
+    )
+    covariance = prior.denoise_covariance(x_t, t)
+    torch.testing.assert_close(covariance, sigma**2 / alpha * jacobian)
+    assert (torch.linalg.eigvalsh(covariance) > 0).all()
+
+
 def _floor(prior, n, seed):
     torch.manual_seed(seed)
     return sliced_wasserstein(prior.sample((n,)), prior.sample((n,)))

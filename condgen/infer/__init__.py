@@ -3,7 +3,7 @@ a model's simulations."""
 
 __all__ = ["FMPE", "NPE", "NPSE", "SIVI_ELBO", "AdversarialELBO", "KernelSIVI"]
 
-from .avb import AdversarialELBO
+from ..guides.avb import AdversarialELBO
+from ..guides.sivi import SIVI_ELBO, KernelSIVI
 from .npe import NPE
-from .sivi import SIVI_ELBO, KernelSIVI
 from .vector_field import FMPE, NPSE

@@ -199,6 +199,31 @@ class GaussianMixturePrior(PathPrior):
         log_r, means = self._components(x_t, alpha[..., None, None], sigma[..., None, None])
         return (log_r.softmax(-1).unsqueeze(-1) * means).sum(-2)
 
+    def denoise_covariance(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        r"""The exact covariance :math:`\mathrm{Cov}[x \mid x_t]`, shaped ``[*batch, d, d]``:
+
+        .. math:: \sum_k r_k(x_t) \left(C_k - \alpha_t^2 C_k (\alpha_t^2 C_k + \sigma_t^2
+            I)^{-1} C_k + (m_k(x_t) - D(x_t)) (m_k(x_t) - D(x_t))^\top\right),
+
+        with :math:`m_k(x_t) = E[x \mid x_t, k]` and :math:`D` the denoiser; it equals
+        Tweedie's second-order formula :math:`(\sigma_t^2 / \alpha_t)\, \partial D / \partial
+        x_t`. The covariance of the exact reverse transition :math:`p(x_s \mid x_t)` adds
+        :math:`a^2` times it to the ancestral kernel's :math:`c^2 I` (a ground truth for the
+        discretisation error of path samplers; no denoiser evaluation is counted).
+        """
+        alpha, sigma = self.schedule(self._times(x_t, t))
+        alpha, sigma = alpha[..., None, None], sigma[..., None, None]
+        log_r, means = self._components(x_t, alpha, sigma)
+        r = log_r.softmax(-1)
+        within = self._eigenvalues * sigma**2 / (alpha**2 * self._eigenvalues + sigma**2)
+        if self._diagonal:
+            covs = torch.diag_embed(within)
+        else:
+            covs = (self._eigenvectors * within.unsqueeze(-2)) @ self._eigenvectors.mT
+        centred = means - (r.unsqueeze(-1) * means).sum(-2, keepdim=True)
+        spread = covs + centred.unsqueeze(-1) * centred.unsqueeze(-2)
+        return (r[..., None, None] * spread).sum(-3)
+
     def component_log_probs(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact noise-conditional classifier of the components,
         :math:`\log p(k \mid x_t) = \log r_k(x_t)`, shaped ``[*batch, K]``: a ground truth for

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from zuko.nn import MLP
 
-from ..guides.implicit import ImplicitLatent, _normal_log_prob, _with_context
+from .latents import ImplicitLatent, _normal_log_prob, _with_context
 from .sivi import _ParticleObjective
 
 

@@ -16,7 +16,7 @@ from pyro.infer import ELBO
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
-from ..guides.implicit import ImplicitLatent, SemiImplicitLatent
+from .latents import ImplicitLatent, SemiImplicitLatent
 
 _PARTICLES = "_condgen_objective_particles"
 
