@@ -5,12 +5,9 @@ from __future__ import annotations
 __all__ = ["PosteriorEstimator"]
 
 import abc
-import contextlib
 import copy
 import math
 import os
-import pickle
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -22,9 +19,9 @@ from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 from tqdm import tqdm
 
+from .._format import check_plain, read, write
 from .._optim import adamw
 from .._random import seeded
-from ..priors.io import _check_plain
 from ..problem import Problem, Site
 
 _SIMULATION_BATCH = 10_000
@@ -669,7 +666,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             "training_losses": list(self.training_losses),
             "validation_losses": list(self.validation_losses),
         }
-        _check_plain(config, f"the {self.label} configuration")
+        check_plain(config, f"the {self.label} configuration")
         return config
 
     def save(self, path: str | os.PathLike) -> None:
@@ -691,25 +688,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             >>> loaded.sample(task.data, 10)["theta"].shape
             torch.Size([10, 2])
         """
-        document = {
-            "format": self._format(),
-            "version": self.version,
-            "config": self._config(),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
-        }
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, temporary = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(document, file)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write(path, self._format(), self.version, self._config(), self.state_dict())
 
     @classmethod
     def load(
@@ -742,24 +721,8 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 model or the embedding.
         """
         path, label = os.fspath(path), cls.label
-        try:
-            document = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            raise ValueError(
-                f"{path} holds pickled objects other than tensors and plain data, which condgen "
-                "refuses to load (they could run code)"
-            ) from None
-        except (RuntimeError, EOFError, ValueError) as error:
-            reason = (str(error).strip().splitlines() or [""])[0][:300]
-            raise ValueError(
-                f"{path} is not a condgen {label} file, or it is corrupted: {reason}"
-            ) from None
-        if not isinstance(document, dict) or document.get("format") != cls._format():
-            raise ValueError(
-                f"{path} is not a condgen {label} file (save one with {label.lower()}.save(path))"
-            )
-        if document.get("version", 0) > cls.version:
-            raise ValueError(f"{path} has a newer format version than this condgen reads")
+        what, hint = f"condgen {label} file", f"{label.lower()}.save(path)"
+        document = read(path, cls._format(), cls.version, what, hint, map_location)
         config, state = document["config"], document["state_dict"]
         if config["embedding"] is not None and embedding is None:
             raise ValueError(

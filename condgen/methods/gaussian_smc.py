@@ -147,8 +147,9 @@ class SMC(SMCMethod):
     low-dimensional observation"). Where a one-dimensional observation leaves a few distant
     modes, that bias and the Monte Carlo error of the mode masses (about twice that of as many
     exact draws, at 1000 particles) put the draws more than 0.25 above the two-sample floor of
-    the sliced Wasserstein distance on 2 to 5 of 10 problems. Use more ``steps`` and particles
-    there; the stats ``ess`` and ``ancestors`` say when too few particles survive.
+    the sliced Wasserstein distance on about half of the problems (5 of 10 in one run). Use
+    more ``steps`` and particles there; the stats ``ess`` and ``ancestors`` say when too few
+    particles survive.
 
     Arguments:
         steps: The number of steps.

@@ -46,17 +46,14 @@ from __future__ import annotations
 
 __all__ = ["FORMAT", "VERSION", "load", "save_prior"]
 
-import contextlib
 import os
-import pickle
-import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._format import check_plain, read, write
 from .base import Prior
 from .flow import FLOWS, FlowPrior, build_flow
 from .mixture import GaussianMixturePrior
@@ -71,27 +68,6 @@ PathLike = str | os.PathLike
 
 
 # ------------------------------------------------------------------------------ plain data
-
-
-def _check_plain(value: Any, where: str) -> None:
-    r"""Raises a TypeError unless ``value`` is plain data that ``weights_only`` loading
-    accepts: None, bool, int, float, str, and lists, tuples and str-keyed dicts of them."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"cannot save {where}: its key {key!r} is not a string")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(
-        f"cannot save {where} = {value!r} of type {type(value).__name__}: a saved "
-        f"configuration holds only plain values (numbers, strings, lists, dicts)"
-    )
 
 
 def _schedule_config(schedule: Schedule) -> dict[str, Any]:
@@ -128,7 +104,7 @@ def _module_entry(
     configuration when ``registry[key]`` rebuilds it, else its class name only."""
     state = module.state_dict() if isinstance(module, nn.Module) else {}
     if config is not None and registry.get(key) is type(module):
-        _check_plain(config, f"the configuration of {type(module).__name__}")
+        check_plain(config, f"the configuration of {type(module).__name__}")
         return {"name": key, "config": config}, dict(state)
     return {"name": None, "class": _qualname(module)}, dict(state)
 
@@ -275,15 +251,6 @@ _DECODERS: dict[str, Callable[[dict, dict, Any, str], Prior]] = {
 # ------------------------------------------------------------------------------ save, load
 
 
-def _file_mode(path: str) -> int:
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def save_prior(prior: Prior, path: PathLike) -> None:
     r"""Saves a prior to a file that :func:`load` reads back, atomically: the file is written
     next to ``path`` under a temporary name, then renamed, so that ``path`` always holds
@@ -312,60 +279,8 @@ def save_prior(prior: Prior, path: PathLike) -> None:
             f"{sorted(cls.__name__ for cls in _ENCODERS)}"
         )
     config, state = encode(prior)
-    _check_plain(config, f"the configuration of {type(prior).__name__}")
-    document = {
-        "format": FORMAT,
-        "version": VERSION,
-        "class": type(prior).__name__,
-        "config": config,
-        "state_dict": state,
-    }
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = _file_mode(path)
-    fd, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(document, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _read(file: BinaryIO, path: str, map_location: Any) -> Any:
-    r"""The object in a torch file, after checking that it is a complete zip archive (as
-    :func:`torch.save` writes) whose members match their CRC-32 checksums."""
-    not_ours = f"{path} is not a condgen prior file"
-    if not zipfile.is_zipfile(file):
-        raise ValueError(f"{not_ours} (not a torch archive), or it is truncated")
-    try:
-        file.seek(0)
-        damaged = zipfile.ZipFile(file).testzip()
-    except Exception as error:
-        raise ValueError(f"{path} is corrupted ({type(error).__name__}: {error})") from None
-    if damaged is not None:
-        raise ValueError(f"{path} is corrupted: its member {damaged!r} fails its CRC-32 check")
-    file.seek(0)
-    try:
-        return torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(
-            f"{not_ours}: it holds pickled objects other than tensors and plain data, which "
-            f"condgen refuses to load (they could run code)"
-        ) from None
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [""])[0][:300]
-        raise ValueError(
-            f"{not_ours}, or it is corrupted ({type(error).__name__}: {reason})"
-        ) from None
+    check_plain(config, f"the configuration of {type(prior).__name__}")
+    write(path, FORMAT, VERSION, config, state, **{"class": type(prior).__name__})
 
 
 def load(
@@ -407,32 +322,13 @@ def load(
                 [0., 1.]])
     """
     path = os.fspath(path)
-    with open(path, "rb") as file:  # missing files and permissions raise OSError as usual
-        document = _read(file, path, map_location)
-
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a condgen prior file: it has no 'format': {FORMAT!r} entry "
-            f"(save priors with prior.save(path))"
-        )
-    version = document.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path} has an invalid format version {version!r}")
-    if version > VERSION:
-        raise ValueError(
-            f"{path} has format version {version}, newer than this condgen reads "
-            f"({VERSION}): upgrade condgen"
-        )
+    document = read(path, FORMAT, VERSION, "condgen prior file", "prior.save(path)", map_location)
     name = document.get("class")
     if name not in _DECODERS:
         raise ValueError(
             f"{path} holds an unknown prior class {name!r}; known classes are {sorted(_DECODERS)}"
         )
-    config, state = document.get("config"), document.get("state_dict")
-    if not isinstance(config, dict) or not isinstance(state, dict):
-        raise ValueError(f"{path} is malformed: 'config' and 'state_dict' must be dicts")
-    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise ValueError(f"{path} is malformed: 'state_dict' must map names to tensors")
+    config, state = document["config"], document["state_dict"]
     try:
         return _DECODERS[name](config, state, network, path)
     except (KeyError, TypeError, AttributeError, IndexError) as error:
