@@ -6,21 +6,29 @@ __all__ = ["SNR_CLIP", "fit_path_prior"]
 
 import inspect
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from .._optim import adamw
-
-if TYPE_CHECKING:
-    from .path import DiffusionPrior
+from .schedules import Schedule
 
 SNR_CLIP = 100.0
 r"""The clip :math:`\gamma` of the signal-to-noise ratio :math:`\alpha_t^2 / \sigma_t^2` in the
 weight :math:`1 + \min(\mathrm{SNR}_t, \gamma)` of the denoiser loss (see
 :func:`fit_path_prior`)."""
+
+
+class _Trainable(Protocol):
+    r"""What :func:`fit_path_prior` needs of a path prior (:class:`~condgen.priors.PathPrior`
+    has it; the trainer does not import the priors, which call it)."""
+
+    network: Any
+    schedule: Schedule
+    prediction: str
+    event_shape: Any
 
 
 def _accepts_drop(network: nn.Module) -> bool:
@@ -53,7 +61,7 @@ def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
 
 
 def fit_path_prior(
-    prior: DiffusionPrior,
+    prior: _Trainable,
     data: Tensor,
     *,
     context: Tensor | None = None,
