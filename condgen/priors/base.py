@@ -2,13 +2,19 @@ r"""The base class of condgen's priors: Pyro distributions that a model can samp
 
 from __future__ import annotations
 
-__all__ = ["Prior"]
+__all__ = ["FORMAT", "VERSION", "Prior"]
 
 import os
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
+
+from .._format import check_plain, write
+
+FORMAT = "condgen-prior"
+VERSION = 1
 
 
 class Prior(dist.TorchDistribution):
@@ -55,10 +61,23 @@ class Prior(dist.TorchDistribution):
 
     def save(self, path: str | os.PathLike) -> None:
         r"""Saves the prior to ``path``, atomically and without pickling code; read it back
-        with :func:`condgen.priors.load` (see :func:`condgen.priors.io.save_prior`)."""
-        from .io import save_prior  # io imports every prior class
+        with :func:`condgen.priors.load` (see :mod:`condgen.priors.io`).
 
-        save_prior(self, path)
+        Raises:
+            TypeError: For a class that does not encode itself (its own :meth:`_encode`), a
+                custom schedule, or a configuration that is not plain data.
+        """
+        if "_encode" not in type(self).__dict__:
+            savable = sorted(c.__name__ for c in _subclasses(Prior) if "_encode" in c.__dict__)
+            raise TypeError(f"cannot save a {type(self).__name__}: save_prior supports {savable}")
+        config, state = self._encode()
+        check_plain(config, f"the configuration of {type(self).__name__}")
+        write(path, FORMAT, VERSION, config, state, **{"class": type(self).__name__})
+
+    def _encode(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        r"""The plain configuration and the tensors that :mod:`condgen.priors.io` rebuilds this
+        prior from; a class that can be saved defines its own."""
+        raise NotImplementedError
 
     def _check_event(self, x: torch.Tensor, name: str = "x") -> None:
         n = len(self.event_shape)
@@ -67,3 +86,10 @@ class Prior(dist.TorchDistribution):
                 f"{name} has shape {tuple(x.shape)}, but this prior's event shape is "
                 f"{tuple(self.event_shape)}: the trailing dimensions must match it"
             )
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

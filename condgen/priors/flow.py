@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .._optim import adamw
 from .base import Prior
+from .encoding import context_state, module_entry, prefixed
 
 FLOWS: dict[str, type[zuko.flows.Flow]] = {
     "nsf": zuko.flows.NSF,
@@ -202,6 +203,15 @@ class FlowPrior(Prior):
         r"""The flow's configuration when it was made by :meth:`build`, else None."""
         config = getattr(self.flow, "config", None)
         return config if isinstance(config, dict) else None
+
+    def _encode(self) -> tuple[dict, dict]:
+        config = self.config
+        name = None if config is None else config.get("flow")
+        if config is not None:
+            config = {k: v for k, v in config.items() if k != "flow"}
+        entry, weights = module_entry(self.flow, FLOWS, config, name)
+        config = {"event_shape": list(self.event_shape), "flow": entry}
+        return config, {**prefixed("flow", weights), **context_state(self)}
 
     @property
     def context_features(self) -> int | None:

@@ -53,40 +53,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._format import check_plain, read, write
-from .base import Prior
+from .._format import read
+from .base import FORMAT, VERSION, Prior
 from .flow import FLOWS, FlowPrior, build_flow
 from .mixture import GaussianMixturePrior
 from .nets import NETS
 from .path import DiffusionPrior, FlowMatchingPrior, PathPrior
-from .schedules import SCHEDULES, Schedule, build_schedule
-
-FORMAT = "condgen-prior"
-VERSION = 1
+from .schedules import build_schedule
 
 PathLike = str | os.PathLike
 
 
 # ------------------------------------------------------------------------------ plain data
-
-
-def _schedule_config(schedule: Schedule) -> dict[str, Any]:
-    name = type(schedule).__name__
-    if SCHEDULES.get(name) is not type(schedule):
-        raise TypeError(
-            f"cannot save the schedule {schedule!r}: only condgen's schedules "
-            f"{sorted(SCHEDULES)} can be rebuilt when loading"
-        )
-    return schedule.config()
-
-
-def _qualname(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{prefix}.{key}": value for key, value in state.items()}
 
 
 def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -95,18 +73,6 @@ def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 # -------------------------------------------------------------------------------- networks
-
-
-def _module_entry(
-    module: Any, registry: Mapping[str, Any], config: dict[str, Any] | None, key: str
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    r"""The saved description of a network (or flow) and its weights: the registry name and
-    configuration when ``registry[key]`` rebuilds it, else its class name only."""
-    state = module.state_dict() if isinstance(module, nn.Module) else {}
-    if config is not None and registry.get(key) is type(module):
-        check_plain(config, f"the configuration of {type(module).__name__}")
-        return {"name": key, "config": config}, dict(state)
-    return {"name": None, "class": _qualname(module)}, dict(state)
 
 
 def _rebuild_module(
@@ -156,22 +122,6 @@ def _build_flow(name: str, config: dict[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------------- priors to and from
 
 
-def _context_state(prior: Any) -> dict[str, Tensor]:
-    context = getattr(prior, "context", None)
-    return {} if context is None else {"context": context.detach().clone()}
-
-
-def _encode_mixture(prior: GaussianMixturePrior) -> tuple[dict, dict]:
-    config = {
-        "schedule": _schedule_config(prior.schedule),
-        "sampler": prior.sampler,
-        "steps": prior.steps,
-        "exact_divergence": prior.exact_divergence,
-    }
-    state = {k: getattr(prior, k).detach().clone() for k in ("weights", "means", "covs")}
-    return config, state
-
-
 def _decode_mixture(config: dict, state: dict, network: Any, path: str) -> GaussianMixturePrior:
     prior = GaussianMixturePrior(
         state["weights"],
@@ -183,22 +133,6 @@ def _decode_mixture(config: dict, state: dict, network: Any, path: str) -> Gauss
     )
     prior.exact_divergence = config["exact_divergence"]
     return prior
-
-
-def _encode_path(prior: DiffusionPrior) -> tuple[dict, dict]:
-    net = prior.network
-    entry, weights = _module_entry(net, NETS, getattr(net, "config", None), type(net).__name__)
-    config = {
-        "event_shape": list(prior.event_shape),
-        "sampler": prior.sampler,
-        "steps": prior.steps,
-        "exact_divergence": prior.exact_divergence,
-        "network": entry,
-    }
-    if type(prior) is DiffusionPrior:
-        config["schedule"] = _schedule_config(prior.schedule)
-        config["prediction"] = prior.prediction
-    return config, {**_prefixed("network", weights), **_context_state(prior)}
 
 
 def _decode_path(config: dict, state: dict, network: Any, path: str, cls: type) -> PathPrior:
@@ -218,27 +152,10 @@ def _decode_path(config: dict, state: dict, network: Any, path: str, cls: type) 
     return cls(net, **options)
 
 
-def _encode_flow(prior: FlowPrior) -> tuple[dict, dict]:
-    config = prior.config
-    name = None if config is None else config.get("flow")
-    if config is not None:
-        config = {k: v for k, v in config.items() if k != "flow"}
-    entry, weights = _module_entry(prior.flow, FLOWS, config, name)
-    config = {"event_shape": list(prior.event_shape), "flow": entry}
-    return config, {**_prefixed("flow", weights), **_context_state(prior)}
-
-
 def _decode_flow(config: dict, state: dict, network: Any, path: str) -> FlowPrior:
     flow = _rebuild_module(config["flow"], _unprefixed("flow", state), network, _build_flow, path)
     return FlowPrior(flow, context=state.get("context"), event_shape=config["event_shape"])
 
-
-_ENCODERS: dict[type, Callable[[Any], tuple[dict, dict]]] = {
-    GaussianMixturePrior: _encode_mixture,
-    DiffusionPrior: _encode_path,
-    FlowMatchingPrior: _encode_path,
-    FlowPrior: _encode_flow,
-}
 
 _DECODERS: dict[str, Callable[[dict, dict, Any, str], Prior]] = {
     "GaussianMixturePrior": _decode_mixture,
@@ -272,15 +189,9 @@ def save_prior(prior: Prior, path: PathLike) -> None:
         >>> prior = GaussianMixturePrior(torch.ones(2), torch.eye(2), covs)
         >>> save_prior(prior, "prior.pt")  # the same as prior.save("prior.pt")
     """
-    encode = _ENCODERS.get(type(prior))
-    if encode is None:
-        raise TypeError(
-            f"cannot save a {type(prior).__name__}: save_prior supports "
-            f"{sorted(cls.__name__ for cls in _ENCODERS)}"
-        )
-    config, state = encode(prior)
-    check_plain(config, f"the configuration of {type(prior).__name__}")
-    write(path, FORMAT, VERSION, config, state, **{"class": type(prior).__name__})
+    if not isinstance(prior, Prior):
+        raise TypeError(f"cannot save a {type(prior).__name__}: it is not a condgen prior")
+    prior.save(path)
 
 
 def load(

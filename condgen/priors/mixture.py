@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from .encoding import schedule_config
 from .path import PathPrior
 from .schedules import Schedule, VPSchedule
 
@@ -90,6 +91,15 @@ class GaussianMixturePrior(PathPrior):
         super().to(*args, **kwargs)
         self._square_norms = self.means.double().pow(2).sum(-1)  # double on purpose
         return self
+
+    def _encode(self) -> tuple[dict, dict]:
+        config = {
+            "schedule": schedule_config(self.schedule),
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "exact_divergence": self.exact_divergence,
+        }
+        return config, {k: getattr(self, k).detach().clone() for k in ("weights", "means", "covs")}
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         return self.means.device, self.means.dtype

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from zuko.utils import odeint
 
 from .base import Prior
+from .encoding import context_state, module_entry, prefixed, schedule_config
+from .nets import NETS
 from .samplers import sample_path
 from .schedules import RectifiedSchedule, Schedule, VPSchedule, build_schedule
 from .training import fit_path_prior
@@ -315,6 +317,25 @@ class DiffusionPrior(PathPrior):
         self.prediction = prediction
         self.context = context
 
+    def _encode_network(self) -> tuple[dict, dict]:
+        r"""The configuration and tensors every path prior with a network saves."""
+        net = self.network
+        entry, weights = module_entry(net, NETS, getattr(net, "config", None), type(net).__name__)
+        config = {
+            "event_shape": list(self.event_shape),
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "exact_divergence": self.exact_divergence,
+            "network": entry,
+        }
+        return config, {**prefixed("network", weights), **context_state(self)}
+
+    def _encode(self) -> tuple[dict, dict]:
+        config, state = self._encode_network()
+        config["schedule"] = schedule_config(self.schedule)
+        config["prediction"] = self.prediction
+        return config, state
+
     def denoise(self, x_t: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         r"""The denoiser :math:`D(x_t, t)`, or :math:`D(x_t, t, c)` for a conditional prior
         (``context`` overrides the bound one; None is the unconditional model)."""
@@ -426,3 +447,6 @@ class FlowMatchingPrior(DiffusionPrior):
             steps=steps,
             exact_divergence=exact_divergence,
         )
+
+    def _encode(self) -> tuple[dict, dict]:
+        return self._encode_network()  # the schedule and prediction are fixed
