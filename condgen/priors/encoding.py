@@ -3,7 +3,7 @@ r"""The pieces that turn a prior into plain configuration and tensors for the fi
 
 from __future__ import annotations
 
-__all__ = ["context_state", "module_entry", "prefixed", "schedule_config"]
+__all__ = ["context_state", "module_entry", "network_config", "prefixed", "schedule_config"]
 
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._format import check_plain
+from .nets import NETS
 from .schedules import SCHEDULES, Schedule
 
 
@@ -55,3 +56,18 @@ def context_state(prior: Any) -> dict[str, Tensor]:
     r"""A bound context of a conditional prior, as a tensor entry (none without one)."""
     context = getattr(prior, "context", None)
     return {} if context is None else {"context": context.detach().clone()}
+
+
+def network_config(prior: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    r"""The configuration and tensors that every path prior with a network saves: its event
+    shape, sampler options, network entry (:func:`module_entry`), weights and context."""
+    net = prior.network
+    entry, weights = module_entry(net, NETS, getattr(net, "config", None), type(net).__name__)
+    config = {
+        "event_shape": list(prior.event_shape),
+        "sampler": prior.sampler,
+        "steps": prior.steps,
+        "exact_divergence": prior.exact_divergence,
+        "network": entry,
+    }
+    return config, {**prefixed("network", weights), **context_state(prior)}

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 from zuko.utils import odeint
 
 from .base import Prior
-from .encoding import context_state, module_entry, prefixed, schedule_config
-from .nets import NETS
+from .encoding import network_config, schedule_config
 from .samplers import sample_path
 from .schedules import RectifiedSchedule, Schedule, VPSchedule, build_schedule
 from .training import fit_path_prior
@@ -317,21 +316,8 @@ class DiffusionPrior(PathPrior):
         self.prediction = prediction
         self.context = context
 
-    def _encode_network(self) -> tuple[dict, dict]:
-        r"""The configuration and tensors every path prior with a network saves."""
-        net = self.network
-        entry, weights = module_entry(net, NETS, getattr(net, "config", None), type(net).__name__)
-        config = {
-            "event_shape": list(self.event_shape),
-            "sampler": self.sampler,
-            "steps": self.steps,
-            "exact_divergence": self.exact_divergence,
-            "network": entry,
-        }
-        return config, {**prefixed("network", weights), **context_state(self)}
-
     def _encode(self) -> tuple[dict, dict]:
-        config, state = self._encode_network()
+        config, state = network_config(self)
         config["schedule"] = schedule_config(self.schedule)
         config["prediction"] = self.prediction
         return config, state
@@ -449,4 +435,4 @@ class FlowMatchingPrior(DiffusionPrior):
         )
 
     def _encode(self) -> tuple[dict, dict]:
-        return self._encode_network()  # the schedule and prediction are fixed
+        return network_config(self)  # the schedule and prediction are fixed
