@@ -27,6 +27,9 @@ from torch.distributions.transforms import SigmoidTransform
 import condgen
 from condgen.evaluate import BayesianLinearRegression, BetaBinomial, NormalNormal
 
+# NUTS runs JIT-compiled here (about twice as fast); tracing the models' constants warns
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
 Z = 4.0
 
 # SVI options that make the optimisation error small and measured: 16 vectorised particles
@@ -141,7 +144,7 @@ def _check_moments(post, mean, sd, kurtosis, slack: float = 0.0) -> None:
 # ------------------------------------------------------------- Gaussian closed forms (1)
 
 GAUSSIAN_CONFIGS = {
-    "nuts": ("nuts", {"warmup_steps": 200}, 0.0),
+    "nuts": ("nuts", {"warmup_steps": 200, "jit_compile": True}, 0.0),
     "svi": ("svi", SVI_OPTIONS, SVI_SLACK),
     "importance-guide": ("importance", {"proposal": "guide", "num_steps": 1000}, 0.0),
     "importance-prior": ("importance", {"proposal": "prior"}, 0.0),
@@ -201,7 +204,7 @@ def _logit_student_guide():
 
 
 BETA_CONFIGS = {
-    "nuts": ("nuts", {"warmup_steps": 200}, 1000),
+    "nuts": ("nuts", {"warmup_steps": 200, "jit_compile": True}, 1000),
     "importance-guide": (
         "importance",
         {"proposal": "guide", "guide": _logit_student_guide, "num_steps": 1000},
@@ -320,6 +323,7 @@ def test_nuts_eight_schools(record_property):
         method="nuts",
         num_samples=num_samples,
         warmup_steps=200,
+        jit_compile=True,
         seed=0,
         progress=False,
     )
