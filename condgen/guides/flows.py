@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-import zuko
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
@@ -18,21 +17,15 @@ from torch.distributions.transforms import Transform
 from zuko.distributions import NormalizingFlow
 from zuko.lazy import Flow, LazyComposedTransform, LazyDistribution, LazyInverse, LazyTransform
 
+from ..priors.flow import FLOWS as PRIOR_FLOWS
+
 FLOWS: dict[str, Callable[..., Flow]] = {
-    "nsf": zuko.flows.NSF,
-    "maf": zuko.flows.MAF,
-    "realnvp": zuko.flows.RealNVP,
-    "nice": zuko.flows.NICE,
-    "naf": zuko.flows.NAF,
-    "unaf": zuko.flows.UNAF,
-    "sospf": zuko.flows.SOSPF,
-    "bpf": zuko.flows.BPF,
-    "gf": zuko.flows.GF,
-    "cnf": zuko.flows.CNF,
+    name: flow for name, flow in PRIOR_FLOWS.items() if name != "ncsf"
 }
-r"""The flows of :func:`build_flow` and the guides, by name: zuko's flow classes over
-:math:`\mathbb{R}^D`. zuko's circular spline flow (NCSF) is left out on purpose: its support is
-the box :math:`[-\pi, \pi]^D`, not the unconstrained space of the latent sites."""
+r"""The flows of :func:`build_flow` and the guides, by name: those of the one registry,
+:data:`condgen.priors.flow.FLOWS`, over :math:`\mathbb{R}^D`. zuko's circular spline flow
+(NCSF) is left out on purpose: its support is the box :math:`[-\pi, \pi]^D`, not the
+unconstrained space of the latent sites."""
 
 
 class _VectorAffine(Transform):
