@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = ["FORMAT", "VERSION", "Prior"]
 
 import os
-from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -64,8 +63,10 @@ class Prior(dist.TorchDistribution):
         with :func:`condgen.priors.load` (see :mod:`condgen.priors.io`).
 
         Raises:
-            TypeError: For a class that does not encode itself (its own :meth:`_encode`), a
-                custom schedule, or a configuration that is not plain data.
+            TypeError: For a class that does not encode itself (a method ``_encode`` of its
+                own, returning the plain configuration and the tensors that
+                :mod:`condgen.priors.io` rebuilds it from), a custom schedule, or a
+                configuration that is not plain data.
         """
         if "_encode" not in type(self).__dict__:
             savable = sorted(c.__name__ for c in _subclasses(Prior) if "_encode" in c.__dict__)
@@ -73,11 +74,6 @@ class Prior(dist.TorchDistribution):
         config, state = self._encode()
         check_plain(config, f"the configuration of {type(self).__name__}")
         write(path, FORMAT, VERSION, config, state, **{"class": type(self).__name__})
-
-    def _encode(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        r"""The plain configuration and the tensors that :mod:`condgen.priors.io` rebuilds this
-        prior from; a class that can be saved defines its own."""
-        raise NotImplementedError
 
     def _check_event(self, x: torch.Tensor, name: str = "x") -> None:
         n = len(self.event_shape)
