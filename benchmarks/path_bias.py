@@ -36,7 +36,7 @@ from torch import Tensor
 
 import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem
-from condgen.methods.path import ancestral_step
+from condgen.priors.samplers import ancestral_step
 from condgen.priors import GaussianMixturePrior
 
 SECTION = "Mode masses at a low-dimensional observation"

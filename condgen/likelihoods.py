@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from .problem import Problem
+from .problem import Problem, base_distribution
 
 
 @dataclass
@@ -48,14 +48,18 @@ class LinearGaussian:
         return LinearGaussian(self.A.to(reference), self.sigma.to(reference), self.b.to(reference))
 
 
-def _unwrap(fn: dist.Distribution) -> dist.Distribution:
-    while isinstance(fn, dist.Independent | dist.ExpandedDistribution):
+def _normal(site: dict) -> dist.Normal | None:
+    r"""The Normal distribution of a traced site, or None where it has another one or where a
+    mask or a scale (a wrapper or a Pyro handler) changes its log-density, which a closed form
+    would ignore."""
+    handled = site.get("mask") is not None and not bool(torch.as_tensor(site["mask"]).all())
+    if handled or not bool(torch.as_tensor(site.get("scale", 1.0)).eq(1).all()):
+        return None
+    fn = site["fn"]
+    while fn is not base_distribution(fn):
+        if isinstance(fn, dist.MaskedDistribution) and not bool(torch.as_tensor(fn._mask).all()):
+            return None
         fn = fn.base_dist
-    return fn
-
-
-def _normal(fn: dist.Distribution) -> dist.Normal | None:
-    fn = _unwrap(fn)
     return fn if isinstance(fn, dist.Normal) else None
 
 
@@ -93,12 +97,13 @@ def detect_linear_gaussian(
     values[site] = points.reshape(-1, *shape)
     with torch.no_grad():
         trace = problem._vectorized_trace(len(points), values)
-    fn = _normal(trace.nodes[obs]["fn"])
+    fn = _normal(trace.nodes[obs])
     if fn is None:
+        found = type(base_distribution(trace.nodes[obs]["fn"])).__name__
         raise ValueError(
-            f"method '{method}' needs a Normal observation, but site '{obs}' has "
-            f"{type(_unwrap(trace.nodes[obs]['fn'])).__name__}; use method='dps' or 'tds', which "
-            "take any likelihood"
+            f"method '{method}' needs an unmasked, unscaled Normal observation, but site "
+            f"'{obs}' has {found} (or a mask or scale); use method='dps' or 'tds', which take "
+            "any likelihood"
         )
     n = len(points)
     loc = fn.loc.expand(fn.batch_shape).reshape(n, -1)

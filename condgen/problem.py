@@ -47,11 +47,19 @@ class Site:
         return len(self.shape) - self.event_dim
 
     @property
+    def base(self) -> dist.Distribution:
+        r"""The site's distribution unwrapped by :func:`base_distribution`."""
+        return base_distribution(self.distribution)
+
+    @property
     def discrete(self) -> bool:
         return bool(getattr(self.support, "is_discrete", False))
 
 
-def _base_distribution(fn: dist.Distribution) -> dist.Distribution:
+def base_distribution(fn: dist.Distribution) -> dist.Distribution:
+    r"""``fn`` without the wrappers that only reshape or mask it (:class:`~pyro.distributions.
+    Independent`, :class:`~pyro.distributions.MaskedDistribution`, expansion): for a neural
+    site, the prior itself."""
     while True:
         if isinstance(fn, dist.Independent | dist.MaskedDistribution | dist.ExpandedDistribution):
             fn = fn.base_dist
@@ -60,7 +68,7 @@ def _base_distribution(fn: dist.Distribution) -> dist.Distribution:
 
 
 def _is_neural(fn: dist.Distribution) -> bool:
-    return bool(getattr(_base_distribution(fn), "is_neural_prior", False))
+    return bool(getattr(base_distribution(fn), "is_neural_prior", False))
 
 
 def _log_prob_shape(fn: dist.Distribution, value: Tensor, neural: bool) -> torch.Size:

@@ -44,18 +44,59 @@ def test_methods_run_and_report_their_distance(method, record_property):
     assert {"posterior", "log_likelihood", "observed_data"} <= set(idata.groups())
 
 
-def test_dps_with_scale_zero_samples_the_prior():
-    """Without guidance DPS is the ancestral sampler: its draws match the prior's as closely as
-    two exact prior sample sets match each other (twice that Monte Carlo floor)."""
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 200), ("heun", 32)])
+def test_dps_with_scale_zero_samples_the_prior(sampler, steps):
+    """Without guidance DPS is its prior sampler (ancestral or Heun's ODE): its draws match the
+    prior's as closely as two exact prior sample sets match each other (twice that Monte Carlo
+    floor)."""
     task = GaussianMixtureInverseProblem.circle(seed=0)
     n = 3000
     post = condgen.condition(
-        task.model, task.data, method="dps", scale=0.0, num_samples=n, seed=0, progress=False
+        task.model,
+        task.data,
+        method="dps",
+        scale=0.0,
+        sampler=sampler,
+        steps=steps,
+        num_samples=n,
+        seed=0,
+        progress=False,
     )
     torch.manual_seed(1)
     exact = task.prior.sample((n,))
     floor = sliced_wasserstein(task.prior.sample((n,)), task.prior.sample((n,)))
     assert sliced_wasserstein(post.flatten()["x"], exact) < 2 * floor + 0.02
+
+
+def test_dps_with_heun_guides_toward_the_posterior_but_is_biased():
+    """DPS on Heun's ODE (101 NFE) moves the draws from the prior to the posterior of a
+    Gaussian problem: the prior mean lies 0.66 posterior sd from the posterior mean, DPS's
+    mean within 0.2 sd (measured: 0.09 sd, against a Monte Carlo error of 0.016 sd; the rest
+    is DPS's bias, which the residual trace shows too: it stays near 0.7, not 1)."""
+    task = _gaussian_task()
+    exact = task.posterior()["x"]
+    ref_sd = exact.covs[0].diagonal().sqrt()
+    post = condgen.condition(
+        task.model,
+        task.data,
+        method="dps",
+        sampler="heun",
+        steps=50,
+        num_samples=4000,
+        seed=0,
+        progress=False,
+    )
+    mean, _ = _moments(post)
+    assert ((task.prior.means[0] - exact.means[0]).abs() / ref_sd).max() > 0.6
+    assert ((mean - exact.means[0]).abs() / ref_sd < 0.2).all()
+    assert post.stats["nfe"] == 2 * 50 + 1 and len(post.stats["residual_trace"]) == 50
+
+
+def test_samplers_are_checked_when_the_method_is_made():
+    with pytest.raises(ValueError, match=r"unknown sampler 'rk4'.*heun"):
+        condgen.methods.PiGDM(sampler="rk4")
+    with pytest.raises(ValueError, match=r"eta.*'heun'"):
+        condgen.methods.DPS(sampler="heun", eta=0.5)
 
 
 def test_tds_is_consistent_on_a_gaussian_posterior():
@@ -87,19 +128,29 @@ def test_tds_is_consistent_on_a_gaussian_posterior():
     assert ((sds.mean(0) - ref_sd).abs() < 4 * se_sd + 0.03 * ref_sd).all()
 
 
-def test_pigdm_is_exact_for_a_gaussian_prior_with_unit_variance():
-    """PiGDM's Gaussian approximation of p(x0 | x_t) is exact for N(m, I): with enough steps it
-    samples the posterior (tolerance: 4 MC standard errors + 0.03 sd of discretisation)."""
+@pytest.mark.parametrize("sampler, steps, allowance", [("ddpm", 500, 0.03), ("heun", 50, 0.01)])
+def test_pigdm_is_exact_for_a_gaussian_prior_with_unit_variance(sampler, steps, allowance):
+    """PiGDM's Gaussian approximation of p(x0 | x_t) is exact for N(m, I), so its guided
+    denoiser is the posterior's: with enough steps the ancestral sampler, and Heun's ODE
+    at 50 steps, sample the posterior (tolerance: 4 MC standard errors plus a discretisation
+    allowance; measured errors: ancestral 0.05 sd, Heun 0.007 sd)."""
     task = _gaussian_task()
     exact = task.posterior()["x"]
     n = 4000
     post = condgen.condition(
-        task.model, task.data, method="pigdm", steps=500, num_samples=n, seed=0, progress=False
+        task.model,
+        task.data,
+        method="pigdm",
+        sampler=sampler,
+        steps=steps,
+        num_samples=n,
+        seed=0,
+        progress=False,
     )
     mean, sd = _moments(post)
     ref_sd = exact.covs[0].diagonal().sqrt().double()
-    assert ((mean - exact.means[0]).abs() < 4 * ref_sd / math.sqrt(n) + 0.03 * ref_sd).all()
-    assert ((sd - ref_sd).abs() < 4 * ref_sd / math.sqrt(2 * n) + 0.03 * ref_sd).all()
+    assert ((mean - exact.means[0]).abs() < 4 * ref_sd / math.sqrt(n) + allowance * ref_sd).all()
+    assert ((sd - ref_sd).abs() < 4 * ref_sd / math.sqrt(2 * n) + allowance * ref_sd).all()
 
 
 def test_langevin_approaches_a_gaussian_posterior():
@@ -151,9 +202,11 @@ def test_pigdm_is_stable_on_an_ill_conditioned_operator():
     assert torch.isfinite(x).all() and x.abs().max() < 20
 
 
-def test_classifier_guidance_with_the_exact_classifier_samples_a_component():
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 200), ("heun", 50)])
+def test_classifier_guidance_with_the_exact_classifier_samples_a_component(sampler, steps):
     """For a mixture, the exact noise-conditional classifier is the component responsibility
-    log r_k(x_t); with weight 1 guidance samples the component N(m_k, C_k)."""
+    log r_k(x_t); with weight 1 guidance samples the component N(m_k, C_k), with the ancestral
+    sampler and with Heun's ODE."""
     prior = GaussianMixtureInverseProblem.circle().prior
 
     def model():
@@ -164,7 +217,13 @@ def test_classifier_guidance_with_the_exact_classifier_samples_a_component():
 
     n = 4000
     post = condgen.condition(
-        model, method="classifier", classifier=classifier, num_samples=n, steps=200, seed=0
+        model,
+        method="classifier",
+        classifier=classifier,
+        sampler=sampler,
+        num_samples=n,
+        steps=steps,
+        seed=0,
     )
     x = post.flatten()["x"]
     sd = prior.covs[2].diagonal().sqrt()
@@ -257,6 +316,21 @@ def test_methods_refuse_models_they_cannot_handle():
 
     with pytest.raises(ValueError, match="linear"):
         condgen.condition(nonlinear, task.data, method="pigdm")
+
+    def masked(mask):
+        def model():
+            x = pyro.sample("x", task.prior)
+            pyro.sample("y", dist.Normal(x[..., :1], 0.3).mask(mask).to_event(1))
+
+        return model
+
+    # a closed form would ignore the mask: PiGDM refuses it, as it refuses poutine.mask
+    with pytest.raises(ValueError, match="mask"):
+        condgen.condition(masked(torch.tensor([False])), task.data, method="pigdm")
+    handled = pyro.poutine.mask(task.model, mask=torch.tensor(False))
+    with pytest.raises(ValueError, match="mask"):
+        condgen.condition(handled, task.data, method="pigdm")
+    condgen.condition(masked(torch.tensor([True])), task.data, method="pigdm", steps=5)
     poisson = _poisson_model(task.prior)
     with pytest.raises(ValueError, match="Normal"):
         condgen.condition(poisson, {"y": torch.tensor([1.0, 2.0])}, method="pigdm")

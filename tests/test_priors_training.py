@@ -73,15 +73,23 @@ def test_conditional_prior_samples_the_requested_label(conditional_prior):
     assert abs((unconditional[:, 0] > 0).float().mean() - 0.5) < 4 * 0.5 / math.sqrt(2000)
 
 
-@pytest.mark.parametrize("scale, least", [(1.0, 0.95), (3.0, 0.98)])
-def test_classifier_free_guidance_puts_mass_on_the_class(conditional_prior, scale, least):
+@pytest.mark.parametrize(
+    "scale, least, sampler", [(1.0, 0.95, "ddpm"), (3.0, 0.98, "ddpm"), (3.0, 0.98, "heun")]
+)
+def test_classifier_free_guidance_puts_mass_on_the_class(conditional_prior, scale, least, sampler):
+    """CFG is a guided denoiser: it runs with the ancestral sampler and the Heun ODE alike
+    (two passes a denoiser call, and Heun calls it twice a step)."""
+
     def model():
         pyro.sample("x", conditional_prior.given(torch.eye(2)[1]))
 
-    post = condgen.condition(model, method="cfg", scale=scale, num_samples=1000, seed=0)
+    post = condgen.condition(
+        model, method="cfg", scale=scale, sampler=sampler, steps=50, num_samples=1000, seed=0
+    )
     x = post.samples["x"].flatten(0, 1)
     assert (x[:, 0] > 0).float().mean() > least
-    assert post.stats["nfe"] >= 2 * 100  # conditional and unconditional pass a step
+    calls = 50 * (2 if sampler == "heun" else 1) + 1
+    assert post.stats["nfe"] == 2 * calls  # conditional and unconditional pass a call
 
 
 def test_classifier_free_guidance_at_zero_is_unconditional(conditional_prior):

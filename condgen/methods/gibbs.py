@@ -21,7 +21,7 @@ from ..problem import Problem
 from .base import Method, register
 from .bayesian import init_generative_to_sample
 from .gaussian_smc import SMC
-from .smc import SMCRun, run_smc
+from .smc import run_smc
 
 
 class _FixedSite(Messenger):
@@ -177,14 +177,9 @@ class Gibbs(Method):
         setup = self.sampler.setup(problem, fixed=fixed)
         kernel = self.sampler.kernel(setup)
         nfe = setup.prior.nfe
-        result: SMCRun = run_smc(
-            kernel,
-            self.num_particles,
-            self.ess_threshold,
-            self.name,
-            reference=reference,
-            keep_path=True,
-        )
+        x = self.sampler.initial(setup, self.num_particles)
+        error = self.sampler.unstable
+        result = run_smc(kernel, x, self.ess_threshold, error, reference, keep_path=True)
         chosen = int(torch.multinomial(result.log_weights.exp(), 1))
         return result, chosen, setup.prior.nfe - nfe
 

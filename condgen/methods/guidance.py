@@ -3,19 +3,18 @@ guidance."""
 
 from __future__ import annotations
 
-__all__ = ["CFG", "DPS", "ClassifierGuidance", "PiGDM"]
+__all__ = ["CFG", "DPS", "ClassifierGuidance", "DPSStep", "PiGDM"]
 
-import itertools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
 from ..priors.path import DiffusionPrior
+from ..priors.samplers import PathStep, Step, check_sampler, make_sampler
 from .base import register
-from .path import GuidedSampler, PathMethod, PathSetup, ancestral_step
+from .path import GuidedSampler, PathMethod, PathSetup
 
 
 def _denoise_with_grad(setup: PathSetup, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -26,6 +25,35 @@ def _denoise_with_grad(setup: PathSetup, x_t: Tensor, t: Tensor) -> tuple[Tensor
 def _tweedie(setup: PathSetup, x0: Tensor, grad: Tensor, t: Tensor) -> Tensor:
     alpha, sigma = setup.prior.schedule(t)
     return (x0 + sigma**2 / alpha * grad).detach()
+
+
+class DPSStep(Step):
+    r"""The move of DPS: a step of the prior's sampler, then the likelihood gradient at the
+    denoised estimate, normalised per particle by the standardised residual.
+
+    Arguments:
+        base: The prior's sampler; its first denoiser evaluation is the one differentiated.
+        setup: The problem's neural site, prior and likelihood.
+        scale: The step size :math:`\zeta`.
+    """
+
+    def __init__(self, base: PathStep, setup: PathSetup, scale: float):
+        self.base, self.setup, self.scale = base, setup, scale
+
+    def step(self, state: dict, i: int, t: Tensor, s: Tensor) -> tuple[dict, dict]:
+        x = state["x"]
+        with torch.enable_grad():
+            x_t, x0 = _denoise_with_grad(self.setup, x, t)
+            log_lik, residual = self.setup.likelihood_terms(x0)
+            (grad,) = torch.autograd.grad(log_lik.sum(), x_t) if self.scale else (0.0,)
+        size = self.scale / residual.detach().clamp(min=1e-12)
+        moved = self.base.move(x, t, s, x0=x0.detach())
+        return {"x": moved + size.reshape(-1, *[1] * (x.dim() - 1)) * grad}, {
+            "residual": float(residual.detach().mean())
+        }
+
+    def finish(self, state: dict, t: Tensor) -> Tensor:
+        return self.base.finish(state, t)
 
 
 @register
@@ -50,13 +78,20 @@ class DPS(PathMethod):
     posterior nor calibrated; large ``scale`` collapses them toward modes of the likelihood,
     small ``scale`` leaves them near the prior. ``scale=0`` samples the prior.
 
+    The prior's move is any sampler of :data:`~condgen.priors.samplers.SAMPLERS`: the paper's
+    ancestral step (``"ddpm"``, default) or, e.g., ``"heun"``, which reuses the differentiated
+    denoiser evaluation for its first stage. The mean standardised residual of each step is
+    reported as ``stats["residual_trace"]``.
+
     Arguments:
         scale: The step size :math:`\zeta`, in units of the observation noise. The paper tunes
             :math:`\zeta'` per task; the default 0.1 moves each particle by a tenth of a noise
             sd per step (times the denoiser's Jacobian). Larger values collapse the draws
             onto the likelihood's mode faster; tune it, and measure against a reference.
-        steps: The number of ancestral steps.
+        steps: The number of steps.
         batch_size: Particles processed at once.
+        sampler: The prior's sampler.
+        eta: The stochasticity of ``"ddpm"``/``"ddim"``.
 
     References:
         | Diffusion Posterior Sampling for General Noisy Inverse Problems (Chung et al., 2023)
@@ -67,29 +102,21 @@ class DPS(PathMethod):
     family = "guidance"
     unstable_option = "scale"
 
-    def __init__(self, scale: float = 0.1, steps: int = 200, batch_size: int = 1024):
+    def __init__(
+        self,
+        scale: float = 0.1,
+        steps: int = 200,
+        batch_size: int = 1024,
+        sampler: str = "ddpm",
+        eta: float | None = None,
+    ):
         super().__init__(steps=steps, batch_size=batch_size)
-        self.scale = scale
+        check_sampler(sampler, eta)
+        self.scale, self.sampler, self.eta = scale, sampler, eta
 
-    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        schedule = setup.prior.schedule
-        grid = self.grid(setup)
-        x = self.initial(setup, num_particles)
-        for i, (t, s) in enumerate(itertools.pairwise(grid)):
-            with torch.enable_grad():
-                x_t, x0 = _denoise_with_grad(setup, x, t)
-                log_lik, residual = setup.likelihood_terms(x0)
-                (grad,) = torch.autograd.grad(log_lik.sum(), x_t) if self.scale else (0.0,)
-            mean, std = ancestral_step(x, x0.detach(), *schedule(t), *schedule(s))
-            step = self.scale / residual.detach().clamp(min=1e-12)
-            x = (
-                mean
-                + std * torch.randn_like(mean)
-                + step.reshape(-1, *[1] * len(setup.shape)) * grad
-            )
-            self.check_finite(x, i, t)
-            bar.update()
-        return setup.prior.denoise(x, grid[-1]).detach()
+    def step(self, setup: PathSetup) -> DPSStep:
+        base = make_sampler(self.sampler, setup.prior.denoise, setup.prior.schedule, self.eta)
+        return DPSStep(base, setup, self.scale)
 
 
 @register
@@ -130,9 +157,7 @@ class PiGDM(GuidedSampler):
     Arguments:
         linear: The declared observation model, or None to detect it.
         scale: A factor on the guidance (1 is the paper's).
-        steps: The number of steps.
-        eta: DDIM stochasticity (1 ancestral, 0 deterministic).
-        batch_size: Particles processed at once.
+        steps, eta, batch_size, sampler: See :class:`~condgen.methods.path.GuidedSampler`.
 
     References:
         | Pseudoinverse-Guided Diffusion Models for Inverse Problems (Song et al., 2023)
@@ -148,10 +173,11 @@ class PiGDM(GuidedSampler):
         linear: LinearGaussian | None = None,
         scale: float = 1.0,
         steps: int = 100,
-        eta: float = 1.0,
+        eta: float | None = None,
         batch_size: int = 1024,
+        sampler: str = "ddpm",
     ):
-        super().__init__(steps=steps, eta=eta, batch_size=batch_size)
+        super().__init__(steps=steps, eta=eta, batch_size=batch_size, sampler=sampler)
         self.linear, self.scale = linear, scale
 
     def setup(self, problem):
@@ -208,7 +234,7 @@ class ClassifierGuidance(GuidedSampler):
     Arguments:
         classifier: A callable ``classifier(x_t, t) -> log p(c | x_t, t)`` shaped like the batch.
         scale: The guidance weight :math:`w`.
-        steps, eta, batch_size: See :class:`GuidedSampler`.
+        steps, eta, batch_size, sampler: See :class:`~condgen.methods.path.GuidedSampler`.
 
     References:
         | Diffusion Models Beat GANs on Image Synthesis (Dhariwal and Nichol, 2021)
@@ -224,10 +250,11 @@ class ClassifierGuidance(GuidedSampler):
         classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
         scale: float = 1.0,
         steps: int = 100,
-        eta: float = 1.0,
+        eta: float | None = None,
         batch_size: int = 1024,
+        sampler: str = "ddpm",
     ):
-        super().__init__(steps=steps, eta=eta, batch_size=batch_size)
+        super().__init__(steps=steps, eta=eta, batch_size=batch_size, sampler=sampler)
         self.classifier, self.scale = classifier, scale
 
     def setup(self, problem):
@@ -264,7 +291,7 @@ class CFG(GuidedSampler):
 
     Arguments:
         scale: The guidance weight :math:`w`.
-        steps, eta, batch_size: See :class:`GuidedSampler`.
+        steps, eta, batch_size, sampler: See :class:`~condgen.methods.path.GuidedSampler`.
 
     References:
         | Classifier-Free Diffusion Guidance (Ho and Salimans, 2022)
@@ -276,9 +303,14 @@ class CFG(GuidedSampler):
     unstable_option = "scale"
 
     def __init__(
-        self, scale: float = 1.0, steps: int = 100, eta: float = 1.0, batch_size: int = 1024
+        self,
+        scale: float = 1.0,
+        steps: int = 100,
+        eta: float | None = None,
+        batch_size: int = 1024,
+        sampler: str = "ddpm",
     ):
-        super().__init__(steps=steps, eta=eta, batch_size=batch_size)
+        super().__init__(steps=steps, eta=eta, batch_size=batch_size, sampler=sampler)
         self.scale = scale
 
     def setup(self, problem):

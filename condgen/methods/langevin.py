@@ -2,20 +2,18 @@ r"""Annealed Langevin dynamics along a path prior: a predictor-corrector posteri
 
 from __future__ import annotations
 
-__all__ = ["Langevin"]
-
-import itertools
+__all__ = ["CorrectorStep", "Langevin"]
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from ..priors.samplers import PathStep, Step
 from .base import register
-from .path import PathMethod, PathSetup, ancestral_step
+from .path import GuidedSampler, PathSetup
 
 
 @register
-class Langevin(PathMethod):
+class Langevin(GuidedSampler):
     r"""Annealed Langevin dynamics with the likelihood gradient: the predictor-corrector
     sampler of Song et al. (2021) applied to the posterior path.
 
@@ -24,7 +22,8 @@ class Langevin(PathMethod):
     .. math:: \nabla_{x_t} \log p_t(x_t \mid y) \approx \nabla_{x_t} \log p_t(x_t)
         + \lambda \nabla_{x_t} \log p(y \mid \hat x_0(x_t)).
 
-    Each step is a predictor (the ancestral step with the guided denoiser
+    Each step is a predictor (a step of ``sampler``, ancestral by default, with the guided
+    denoiser
     :math:`D' = D + (\sigma_t^2/\alpha_t) \lambda \nabla \log p(y \mid \hat x_0)`) followed by
     ``corrector_steps`` Langevin moves :math:`x \leftarrow x + \epsilon\, s(x) +
     \sqrt{2\epsilon}\, z` at the new noise level, with :math:`\epsilon = 2 (r\,
@@ -42,6 +41,7 @@ class Langevin(PathMethod):
         snr: The corrector's signal-to-noise ratio :math:`r`.
         scale: The likelihood weight :math:`\lambda`.
         batch_size: Particles processed at once.
+        sampler, eta: The predictor (see :class:`~condgen.methods.path.GuidedSampler`).
 
     References:
         | Score-Based Generative Modeling through SDEs (Song et al., 2021)
@@ -59,13 +59,15 @@ class Langevin(PathMethod):
         snr: float = 0.1,
         scale: float = 1.0,
         batch_size: int = 1024,
+        sampler: str = "ddpm",
+        eta: float | None = None,
     ):
-        super().__init__(steps=steps, batch_size=batch_size)
+        super().__init__(steps=steps, eta=eta, batch_size=batch_size, sampler=sampler)
         if corrector_steps < 0 or snr <= 0:
             raise ValueError("corrector_steps must be >= 0 and snr > 0")
         self.corrector_steps, self.snr, self.scale = corrector_steps, snr, scale
 
-    def _guided(self, setup: PathSetup, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def guided(self, setup: PathSetup, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         r"""The guided denoiser and the posterior score at :math:`(x, t)`.
 
         Where :math:`\alpha_t \to 0` (:math:`t = 1` on the rectified path) the factor
@@ -75,7 +77,8 @@ class Langevin(PathMethod):
         :math:`(\alpha_t r_t^2 / \sigma_t^2) I`, which gives the finite limit
         :math:`D' = \hat x_0 + r_t^2 \lambda \nabla_{x_0} \log p(y \mid \hat x_0)`.
         """
-        alpha, sigma = setup.prior.schedule(t)
+        schedule = setup.prior.schedule
+        alpha, sigma = schedule(t)
         limit = bool(alpha <= 1e-3 * sigma)
         with torch.enable_grad():
             x = x.detach().requires_grad_()
@@ -84,29 +87,44 @@ class Langevin(PathMethod):
                 x0 = x0.detach().requires_grad_()
             log_lik = self.scale * setup.log_likelihood(x0)
             (grad,) = torch.autograd.grad(log_lik.sum(), x0 if limit else x)
-        prior_score = (alpha * x0.detach() - x.detach()) / sigma**2
+        prior_score = schedule.score(x.detach(), x0.detach(), t, 0)
         if limit:
             r2 = sigma**2 / (alpha**2 + sigma**2)
             return (x0 + r2 * grad).detach(), prior_score + alpha * r2 / sigma**2 * grad
         return (x0 + sigma**2 / alpha * grad).detach(), prior_score + grad
 
-    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        schedule = setup.prior.schedule
-        grid = self.grid(setup)
-        x = self.initial(setup, num_particles)
+    def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.guided(setup, x_t, t)[0]
+
+    def step(self, setup: PathSetup) -> CorrectorStep:
+        return CorrectorStep(super().step(setup), setup, self)
+
+
+class CorrectorStep(Step):
+    r"""A predictor step followed by Langevin moves at the new noise level
+    :math:`x \leftarrow x + \epsilon\, s(x) + \sqrt{2\epsilon}\, z`, with :math:`\epsilon =
+    2 (r\, \overline{\|z\|} / \overline{\|s(x)\|})^2`, norms averaged over the batch (as in
+    the paper: a per-particle ratio explodes near a mode, where the score vanishes).
+
+    Arguments:
+        predictor: The guided sampler's step.
+        setup: The problem's neural site, prior and likelihood.
+        method: The :class:`Langevin` method (its score, ``snr`` and ``corrector_steps``).
+    """
+
+    def __init__(self, predictor: PathStep, setup: PathSetup, method: Langevin):
+        self.predictor, self.setup, self.method = predictor, setup, method
+
+    def step(self, state: dict, i: int, t: Tensor, s: Tensor) -> tuple[dict, dict]:
+        x = self.predictor.move(state["x"], t, s)
         event = tuple(range(1, x.dim()))
-        for i, (t, s) in enumerate(itertools.pairwise(grid)):
-            x0, _ = self._guided(setup, x, t)
-            mean, std = ancestral_step(x, x0, *schedule(t), *schedule(s))
-            x = mean + std * torch.randn_like(mean)
-            for _ in range(self.corrector_steps):
-                _, score = self._guided(setup, x, s)
-                z = torch.randn_like(x)
-                # norms averaged over the batch, as in the paper: a per-particle ratio explodes
-                # for particles near a mode, where the score vanishes
-                ratio = z.norm(dim=event).mean() / score.norm(dim=event).mean()
-                eps = 2 * (self.snr * ratio) ** 2
-                x = x + eps * score + (2 * eps).sqrt() * z
-            self.check_finite(x, i, t)
-            bar.update()
-        return self._guided(setup, x, grid[-1])[0]
+        for _ in range(self.method.corrector_steps):
+            _, score = self.method.guided(self.setup, x, s)
+            z = torch.randn_like(x)
+            ratio = z.norm(dim=event).mean() / score.norm(dim=event).mean()
+            eps = 2 * (self.method.snr * ratio) ** 2
+            x = x + eps * score + (2 * eps).sqrt() * z
+        return {"x": x}, {}
+
+    def finish(self, state: dict, t: Tensor) -> Tensor:
+        return self.predictor.finish(state, t)

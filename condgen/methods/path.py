@@ -5,12 +5,10 @@ from __future__ import annotations
 __all__ = ["GuidedSampler", "PathMethod", "PathSetup", "ancestral_step"]
 
 import abc
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import pyro.distributions as dist
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -18,7 +16,15 @@ from tqdm import tqdm
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
 from ..posterior import Posterior
 from ..priors.path import PathPrior
-from ..priors.samplers import time_grid
+from ..priors.samplers import (
+    PathStep,
+    Step,
+    ancestral_step,
+    check_sampler,
+    integrate,
+    make_sampler,
+    time_grid,
+)
 from ..problem import Problem
 from .base import Method
 
@@ -95,33 +101,6 @@ class PathSetup:
             self.linear, self.y = None, None
 
 
-def _base(fn: dist.Distribution) -> dist.Distribution:
-    while isinstance(fn, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
-        fn = fn.base_dist
-    return fn
-
-
-def ancestral_step(
-    x_t: Tensor, x0: Tensor, alpha_t, sigma_t, alpha_s, sigma_s, eta: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    r"""The DDIM update from :math:`t` to :math:`s < t` given a denoised estimate :math:`x_0`.
-
-    .. math:: x_s = \alpha_s x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\epsilon + c z, \quad
-        \hat\epsilon = (x_t - \alpha_t x_0) / \sigma_t,
-
-    with :math:`c^2 = \eta^2 \mathrm{Var}[x_s \mid x_t, x_0]`; ``eta=1`` is the ancestral
-    (DDPM) kernel :math:`p(x_s \mid x_t)`.
-
-    Returns:
-        The mean of :math:`x_s` and its standard deviation :math:`c`.
-    """
-    eps = (x_t - alpha_t * x0) / sigma_t
-    var = eta**2 * (sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2) * sigma_s**2 / sigma_t**2
-    var = var.clamp(min=0.0)
-    mean = alpha_s * x0 + (sigma_s**2 - var).clamp(min=0.0).sqrt() * eps
-    return mean, var.sqrt()
-
-
 class PathMethod(Method):
     r"""Base of the methods that integrate a path prior from noise to data, guided or
     weighted by the observations.
@@ -130,9 +109,11 @@ class PathMethod(Method):
     (:class:`~condgen.priors.DiffusionPrior`, :class:`~condgen.priors.FlowMatchingPrior` or
     :class:`~condgen.priors.GaussianMixturePrior`); other latent sites are an error naming them
     (use ``"gibbs"`` or ``"nuts"``), unless :meth:`setup` is given their values. Draws are
-    made in batches of ``batch_size`` particles, so memory stays bounded; a step that produces
-    non-finite values stops with an error naming the method,
-    the step and the option to change.
+    made in batches of ``batch_size`` particles, so memory stays bounded, by the one sampler
+    loop :func:`~condgen.priors.samplers.integrate` running the method's :meth:`step`; a step
+    that produces non-finite values stops with an error naming the method, the step and the
+    option to change. Statistics a step reports (e.g. DPS's residual) come back per step as
+    ``stats["<name>_trace"]``, averaged over batches.
 
     Arguments:
         steps: The number of steps from :math:`t = 1` to :math:`t_\text{min}`.
@@ -176,7 +157,7 @@ class PathMethod(Method):
                 "alternates this sampler with NUTS on those sites, or method='nuts'"
             )
         site = problem.latent_sites[neural[0]]
-        prior = _base(site.distribution)
+        prior = site.base
         if not isinstance(prior, PathPrior):
             raise ValueError(
                 f"method '{self.name}' needs a path prior (with denoise) at site '{site.name}', "
@@ -200,66 +181,91 @@ class PathMethod(Method):
         x = torch.randn(num_particles, *setup.shape, device=problem.device, dtype=problem.dtype)
         return sigma * x
 
-    def check_finite(self, x: Tensor, step: int, t: Tensor) -> None:
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(
-                f"method '{self.name}' produced non-finite values at step {step} "
-                f"(t={float(t):.4f}); change the option '{self.unstable_option}' (now "
-                f"{getattr(self, self.unstable_option)!r}) or check the likelihood at that point"
-            )
+    def unstable(self, i: int, t: Tensor) -> FloatingPointError:
+        r"""The error of a step that produced non-finite values."""
+        return FloatingPointError(
+            f"method '{self.name}' produced non-finite values at step {i} "
+            f"(t={float(t):.4f}); change the option '{self.unstable_option}' (now "
+            f"{getattr(self, self.unstable_option)!r}) or check the likelihood at that point"
+        )
+
+    def batches(self, num_samples: int) -> list[int]:
+        r"""The particle counts of the batches that make ``num_samples`` draws."""
+        return [
+            min(self.batch_size, num_samples - i) for i in range(0, num_samples, self.batch_size)
+        ]
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         setup = self.setup(problem)
         nfe_before = setup.prior.nfe
-        batches = [
-            min(self.batch_size, num_samples - i) for i in range(0, num_samples, self.batch_size)
-        ]
-        draws = []
-        with tqdm(total=self.steps * len(batches), desc=self.name, disable=not progress) as bar:
-            for n in batches:
-                draws.append(self.sample_batch(setup, n, bar))
-        x = torch.cat(draws).detach()
-        nfe = (setup.prior.nfe - nfe_before) / len(batches)
+        sizes = self.batches(num_samples)
+        results, traces = [], []
+        with tqdm(total=self.steps * len(sizes), desc=self.name, disable=not progress) as bar:
+            for n in sizes:
+                step, x = self.step(setup), self.initial(setup, n)
+                with torch.no_grad():  # steps that differentiate enable gradients themselves
+                    result, trace = integrate(
+                        step, x, self.grid(setup), error=self.unstable, bar=bar
+                    )
+                results.append(result)
+                traces.append(trace)
+        stats = {
+            # network passes per particle: each pass takes at most batch_size particles
+            "nfe": math.ceil(
+                (setup.prior.nfe - nfe_before) / math.ceil(num_samples / self.batch_size)
+            ),
+            **{
+                f"{key}_trace": torch.tensor([t[key] for t in traces]).mean(0).tolist()
+                for key in traces[0]
+            },
+        }
+        return self.posterior(setup, results, stats)
+
+    def posterior(self, setup: PathSetup, results: list, stats: dict) -> Posterior:
+        r"""The Posterior of the batches' results (by default, draws of the site)."""
+        x = torch.cat(results).detach()
         return Posterior(
-            problem,
-            {setup.site: x.unsqueeze(0)},
-            stats={"nfe": math.ceil(nfe), **self.extra_stats()},
-            method=self.name,
+            setup.problem, {setup.site: x.unsqueeze(0)}, stats=stats, method=self.name
         )
 
-    def extra_stats(self) -> dict:
-        return {}
-
     @abc.abstractmethod
-    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        r"""Draws ``num_particles`` particles, shaped ``[num_particles, *site.shape]``."""
+    def step(self, setup: PathSetup) -> Step:
+        r"""The step that moves a batch of this method's particles along :meth:`grid`."""
 
 
 class GuidedSampler(PathMethod):
     r"""A sampler whose denoised estimate is corrected by guidance at every step, then moved
-    with the DDIM update (``eta=1``: ancestral; ``eta=0``: deterministic).
+    by any path sampler of :data:`~condgen.priors.samplers.SAMPLERS` (``"ddpm"``, ancestral,
+    by default; ``"ddim"``, ``"euler"`` or ``"heun"``, deterministic).
 
     Subclasses implement :meth:`guided_denoise`; a score guidance
     :math:`g = \nabla_{x_t} \log \tilde p(y \mid x_t)` enters through Tweedie's formula as
     :math:`D' = D + (\sigma_t^2 / \alpha_t)\, g`.
+
+    Arguments:
+        steps: The number of steps.
+        eta: The stochasticity of ``"ddpm"``/``"ddim"`` (1 ancestral, 0 deterministic).
+        batch_size: Particles processed at once.
+        sampler: The sampler that moves the particles with the guided estimate.
     """
 
-    def __init__(self, steps: int = 100, eta: float = 1.0, batch_size: int = 1024):
+    def __init__(
+        self,
+        steps: int = 100,
+        eta: float | None = None,
+        batch_size: int = 1024,
+        sampler: str = "ddpm",
+    ):
         super().__init__(steps=steps, batch_size=batch_size)
-        self.eta = eta
+        self.eta, self.sampler = eta, sampler
+        check_sampler(sampler, eta)
 
     @abc.abstractmethod
     def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
         r"""The guided denoised estimate :math:`D'(x_t, t)`, detached."""
 
-    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        schedule = setup.prior.schedule
-        grid = self.grid(setup)
-        x = self.initial(setup, num_particles)
-        for i, (t, s) in enumerate(itertools.pairwise(grid)):
-            x0 = self.guided_denoise(setup, x, t)
-            mean, std = ancestral_step(x, x0, *schedule(t), *schedule(s), eta=self.eta)
-            x = mean + std * torch.randn_like(mean)
-            self.check_finite(x, i, t)
-            bar.update()
-        return self.guided_denoise(setup, x, grid[-1])
+    def step(self, setup: PathSetup) -> PathStep:
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            return self.guided_denoise(setup, x_t, t)
+
+        return make_sampler(self.sampler, denoise, setup.prior.schedule, self.eta)

@@ -3,10 +3,11 @@ every SMC method (``"smc"``, ``"tds"``, the sweeps of ``"gibbs"``) shares."""
 
 from __future__ import annotations
 
-__all__ = ["SMCKernel", "SMCMethod", "SMCRun", "run_smc"]
+__all__ = ["Particles", "SMCKernel", "SMCMethod", "SMCRun", "SMCStep", "collect", "run_smc"]
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +15,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..posterior import Posterior, systematic_resample
-from ..problem import Problem
-from .path import PathMethod, PathSetup, ancestral_step
+from ..priors.samplers import Step, ancestral_step, integrate
+from .path import PathMethod, PathSetup
 
 
 class SMCKernel(abc.ABC):
@@ -99,6 +100,7 @@ class SMCRun:
         resampled: How many steps resampled.
         ancestors: How many distinct particles of the first time the final ones descend from
             (the ESS does not show a collapse that resampling hides; this does).
+        kernel: The name of the kernel that moved the particles.
         path: With ``keep_path``: for each particle, its whole trajectory, shaped
             ``[num_particles, steps + 1, *site.shape]``.
     """
@@ -108,6 +110,7 @@ class SMCRun:
     ess_trace: list[float]
     resampled: int
     ancestors: int
+    kernel: str
     path: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -125,73 +128,131 @@ def _resample(log_w: Tensor, conditional: bool) -> Tensor:
     return index
 
 
+@dataclass
+class Particles:
+    r"""The state of :class:`SMCStep`: the kernel's per-particle state, the log-weights, the
+    index of each particle's first-time ancestor, the kernel's name, and, with ``keep_path``,
+    the points and the resampling indices of every step."""
+
+    state: dict[str, Tensor]
+    log_w: Tensor
+    origin: Tensor
+    kernel: str
+    resampled: int = 0
+    path: list[Tensor] | None = None
+    parents: list[Tensor | None] = field(default_factory=list)
+
+
+class SMCStep(Step):
+    r"""One step of a particle filter along the path, for :func:`~condgen.priors.samplers.
+    integrate`: the kernel's :meth:`~SMCKernel.reweight`, systematic resampling when the
+    effective sample size falls below ``ess_threshold`` times the number of particles, then the
+    kernel's :meth:`~SMCKernel.move`. Each step reports its ESS before resampling (``"ess"``).
+
+    Arguments:
+        kernel: The moves and twists.
+        ess_threshold: The resampling threshold.
+        reference: A trajectory shaped ``[K + 1, *site.shape]`` that particle 0 follows and
+            that resampling never removes (conditional SMC).
+        keep_path: Whether to keep every particle's trajectory.
+    """
+
+    def __init__(
+        self,
+        kernel: SMCKernel,
+        ess_threshold: float,
+        reference: Tensor | None = None,
+        keep_path: bool = False,
+    ):
+        self.kernel, self.ess_threshold = kernel, ess_threshold
+        self.reference, self.keep_path = reference, keep_path
+
+    def init(self, x: Tensor, t: Tensor) -> Particles:
+        if self.reference is not None:
+            x[0] = self.reference[0]
+        state = self.kernel.start(x)
+        origin = torch.arange(len(x), device=x.device)
+        path = [x] if self.keep_path else None
+        return Particles(state, state["log_twist"].clone(), origin, self.kernel.name, path=path)
+
+    def step(self, particles: Particles, i: int, t: Tensor, s: Tensor) -> tuple[Particles, dict]:
+        p = particles
+        log_w = p.log_w + self.kernel.reweight(p.state, i)
+        ess = float(1 / log_w.softmax(0).pow(2).sum())
+        state, origin, resampled, index = p.state, p.origin, p.resampled, None
+        if ess < self.ess_threshold * len(log_w):  # False for a NaN ESS: finite() reports it
+            index = _resample(log_w, self.reference is not None)
+            state = {k: v[index] for k, v in state.items()}
+            origin, log_w, resampled = origin[index], torch.zeros_like(log_w), resampled + 1
+        reference = None if self.reference is None else self.reference[i + 1]
+        state, increment = self.kernel.move(state, i, reference)
+        path = None if p.path is None else [*p.path, state["x"]]
+        parents = [*p.parents, index]
+        new = Particles(state, log_w + increment, origin, p.kernel, resampled, path, parents)
+        return new, {"ess": ess}
+
+    def finite(self, particles: Particles) -> bool:
+        finite_x = bool(torch.isfinite(particles.state["x"]).all())
+        return finite_x and bool(torch.isfinite(particles.log_w).any())
+
+    def finish(self, particles: Particles, t: Tensor) -> tuple[Particles, Tensor, Tensor]:
+        r"""The particles, the draws and their unnormalised last log-weights."""
+        x0, increment = self.kernel.finish(particles.state)
+        return particles, x0, torch.nan_to_num(particles.log_w + increment, nan=-math.inf)
+
+
 def run_smc(
     kernel: SMCKernel,
-    num_particles: int,
+    x: Tensor,
     ess_threshold: float,
-    name: str,
+    error: Callable[[int, Tensor], Exception],
     reference: Tensor | None = None,
     keep_path: bool = False,
     bar: tqdm | None = None,
 ) -> SMCRun:
-    r"""The particle loop shared by the SMC methods: from :math:`x_1 \sim \mathcal{N}(0,
-    \sigma_1^2 I)` along the kernel's grid, with adaptive systematic resampling when the ESS
-    falls below ``ess_threshold`` times the number of particles, and the kernel's last weights.
+    r"""The particle filter of the SMC methods: from the points ``x`` drawn from
+    :math:`\mathcal{N}(0, \sigma_1^2 I)` along the kernel's grid, by :class:`SMCStep` on the
+    one sampler loop, with the kernel's last weights.
 
     With a ``reference`` trajectory (shaped ``[K + 1, *site.shape]``), particle 0 follows it
     and is never resampled away: the conditional SMC sweep of particle Gibbs (Andrieu et al.,
     2010), which leaves the exact posterior of the path invariant.
 
-    Raises:
-        FloatingPointError: If the particles or every weight become NaN or infinite; the message
-            names the method and the step.
+    Arguments:
+        kernel: The moves and twists.
+        x: The particles at the first time.
+        ess_threshold: Resample when ESS / particles falls below this.
+        error: Builds the exception for a step (or the last weights) that is not finite.
+        reference: See above.
+        keep_path: Whether to return every particle's trajectory.
+        bar: Optional progress bar.
     """
-    setup, grid = kernel.setup, kernel.grid
-    problem = setup.problem
-    x = kernel.sigmas[0] * torch.randn(
-        num_particles, *setup.shape, device=problem.device, dtype=problem.dtype
-    )
-    if reference is not None:
-        x[0] = reference[0]
-    state = kernel.start(x)
-    log_w = state["log_twist"].clone()
-    origin = torch.arange(num_particles, device=x.device)
-    path = [x] if keep_path else None
-    parents = []
-    ess_trace, resampled = [], 0
-    for i in range(len(grid) - 1):
-        log_w = log_w + kernel.reweight(state, i)
-        ess = float(1 / log_w.softmax(0).pow(2).sum())
-        ess_trace.append(ess)
-        index = None
-        if not math.isfinite(ess):
-            _raise(name, i, grid[i])
-        if ess < ess_threshold * num_particles:
-            index = _resample(log_w, reference is not None)
-            state = {k: v[index] for k, v in state.items()}
-            origin = origin[index]
-            log_w = torch.zeros_like(log_w)
-            resampled += 1
-        parents.append(index)
-        state, increment = kernel.move(state, i, None if reference is None else reference[i + 1])
-        log_w = log_w + increment
-        if not torch.isfinite(state["x"]).all() or not torch.isfinite(log_w).any():
-            _raise(name, i, grid[i])
-        if keep_path:
-            path.append(state["x"])
-        if bar is not None:
-            bar.update()
-    x0, increment = kernel.finish(state)
-    log_w = torch.nan_to_num(log_w + increment, nan=-math.inf)
+    step = SMCStep(kernel, ess_threshold, reference, keep_path)
+    with torch.no_grad():
+        output, stats = integrate(step, x, kernel.grid, error=error, bar=bar)
+    return collect(output, stats["ess"], error, kernel.grid)
+
+
+def collect(
+    output: tuple[Particles, Tensor, Tensor],
+    ess_trace: list[float],
+    error: Callable[[int, Tensor], Exception],
+    grid: Tensor,
+) -> SMCRun:
+    r"""The :class:`SMCRun` of what :meth:`SMCStep.finish` returned; raises ``error`` if every
+    last weight is NaN or infinite."""
+    particles, x0, log_w = output
     if not torch.isfinite(log_w).any():
-        _raise(name, len(grid) - 1, grid[-1])
+        raise error(len(grid) - 1, grid[-1])
+    path = particles.path
     return SMCRun(
         x0.detach(),
         log_w - log_w.logsumexp(0),
         ess_trace,
-        resampled,
-        len(origin.unique()),
-        _trajectories(path, parents) if keep_path else None,
+        particles.resampled,
+        len(particles.origin.unique()),
+        particles.kernel,
+        None if path is None else _trajectories(path, particles.parents),
     )
 
 
@@ -206,16 +267,10 @@ def _trajectories(path: list[Tensor], parents: list[Tensor | None]) -> Tensor:
     return torch.stack(steps[::-1], dim=1)
 
 
-def _raise(name: str, step: int, t: Tensor) -> None:
-    raise FloatingPointError(
-        f"method '{name}': the particles or every weight became NaN or infinite at step {step} "
-        f"(t={float(t):.4f}); increase 'steps' or check the likelihood at that point"
-    )
-
-
 class SMCMethod(PathMethod):
-    r"""Base of the SMC methods on a path prior: the loop of :func:`run_smc` with the kernel of
-    :meth:`kernel`, the weighted particles as a Posterior.
+    r"""Base of the SMC methods on a path prior: :class:`SMCStep` with the kernel of
+    :meth:`kernel`, run by the one sampler loop over all particles at once (they interact
+    through resampling), the weighted particles as a Posterior.
 
     Arguments:
         steps: The number of steps.
@@ -241,27 +296,25 @@ class SMCMethod(PathMethod):
     def kernel(self, setup: PathSetup) -> SMCKernel:
         r"""The kernel that moves this method's particles along :meth:`grid`."""
 
-    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
-        setup = self.setup(problem)
-        kernel = self.kernel(setup)
-        nfe_before = setup.prior.nfe
-        with tqdm(total=self.steps, desc=self.name, disable=not progress) as bar:
-            result = run_smc(kernel, num_samples, self.ess_threshold, self.name, bar=bar)
-        batches = math.ceil(num_samples / self.batch_size)
+    def batches(self, num_samples: int) -> list[int]:
+        return [num_samples]  # the particles interact through resampling: one batch
+
+    def step(self, setup: PathSetup) -> SMCStep:
+        return SMCStep(self.kernel(setup), self.ess_threshold)
+
+    def posterior(self, setup: PathSetup, results: list, stats: dict) -> Posterior:
+        (output,) = results
+        result = collect(output, stats["ess_trace"], self.unstable, self.grid(setup))
         return Posterior(
-            problem,
+            setup.problem,
             {setup.site: result.x.unsqueeze(0)},
             log_weights=result.log_weights.unsqueeze(0),
             stats={
-                "nfe": math.ceil((setup.prior.nfe - nfe_before) / batches),
+                **stats,
                 "ess": result.ess,
                 "ancestors": result.ancestors,
-                "ess_trace": result.ess_trace,
                 "resampled": result.resampled,
-                "kernel": kernel.name,
+                "kernel": result.kernel,
             },
             method=self.name,
         )
-
-    def sample_batch(self, setup: PathSetup, num_particles: int, bar: tqdm) -> Tensor:
-        raise TypeError(f"{type(self).__name__} moves all particles together; call run()")
