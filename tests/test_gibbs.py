@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import condgen
-from condgen.evaluate import UnknownNoiseMixture, sliced_wasserstein
+from condgen.evaluate import GaussianMixtureInverseProblem, UnknownNoiseMixture, sliced_wasserstein
 
 TASK = UnknownNoiseMixture.default()
 model, Y = TASK.model, TASK.y
@@ -92,3 +92,11 @@ def test_gibbs_refuses_a_model_without_a_path_prior():
 def test_path_methods_name_gibbs_for_classical_sites():
     with pytest.raises(ValueError, match=r"\['s'\].*'gibbs'"):
         condgen.condition(model, {"y": Y}, method="smc", progress=False)
+
+
+def test_gibbs_refuses_a_model_with_the_neural_site_alone():
+    """With no classical site there is nothing for NUTS to update: a clear error naming 'smc',
+    not a traceback from inside Pyro's integrator."""
+    task = GaussianMixtureInverseProblem.circle(seed=0)
+    with pytest.raises(ValueError, match=r"'x'.*method='smc'"):
+        condgen.condition(task.model, task.data, method="gibbs", progress=False)

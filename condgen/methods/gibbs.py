@@ -140,7 +140,14 @@ class Gibbs(Method):
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         problem.require_continuous(self.name)
-        site = self.sampler.setup(problem, fixed=self._placeholders(problem)).site
+        placeholders = self._placeholders(problem)
+        site = self.sampler.setup(problem, fixed=placeholders).site
+        if not placeholders:
+            raise ValueError(
+                f"method 'gibbs' alternates SMC on the neural site '{site}' with NUTS on the "
+                "model's other latent sites, but it has none; use method='smc', which samples "
+                f"'{site}' alone"
+            )
         draws = math.ceil(num_samples / self.num_chains)
         total = self.num_chains * (self.warmup_steps + draws)
         chains = []
