@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from condgen.evaluate import NormalNormal
-from condgen.evaluate.calibration import Calibration, _ecdf_uniformity_test, calibration
+from condgen.evaluate.calibration import Calibration, calibration
+from condgen.evaluate.ranks import ecdf_uniformity_test
 from condgen.methods.base import Method
 from condgen.posterior import Posterior
 from condgen.problem import Problem
@@ -234,11 +235,11 @@ def test_ecdf_uniformity_test_is_exact_under_uniformity():
     a = 0.05 over 4000 coordinates within 4 binomial sds; U-shaped ranks get p ~ 0."""
     rng = np.random.default_rng(0)
     ranks = rng.integers(0, 10, size=(50, 4000))
-    _, p_value = _ecdf_uniformity_test(ranks, 9)
+    _, p_value = ecdf_uniformity_test(ranks, 9)
     assert (p_value <= 0.05).mean() < 0.05 + _tolerance(0.05, 4000)
     assert (p_value <= 0.5).mean() == pytest.approx(0.5, abs=_tolerance(0.5, 4000))
     extremes = rng.choice([0, 1, 8, 9], size=(50, 1))
-    assert _ecdf_uniformity_test(extremes, 9)[1][0] < 1e-6
+    assert ecdf_uniformity_test(extremes, 9)[1][0] < 1e-6
 
 
 def test_errors_name_the_argument():

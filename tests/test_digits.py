@@ -59,13 +59,13 @@ def test_data_split_is_fixed_disjoint_and_scaled():
 
 
 def test_missing_scikit_learn_says_what_to_install(monkeypatch):
-    digits._load_sklearn_digits.cache_clear()
+    digits.data._load_sklearn_digits.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     try:
         with pytest.raises(ImportError, match="pip install scikit-learn"):
             digits_data()
     finally:
-        digits._load_sklearn_digits.cache_clear()
+        digits.data._load_sklearn_digits.cache_clear()
 
 
 def test_cache_is_written_reloads_identically_and_training_is_reproducible(prior, cache, tmp_path):
@@ -113,19 +113,19 @@ def test_models_trace_with_the_right_sites_and_operator(prior):
 
 
 def test_masks():
-    half = digits._as_mask("half")
+    half = digits.tasks._as_mask("half")
     assert half.sum() == 32 and half[:32].all()
-    center = digits._as_mask("center").reshape(8, 8)
+    center = digits.tasks._as_mask("center").reshape(8, 8)
     assert center.sum() == 48 and not center[2:6, 2:6].any()
     custom = torch.zeros(8, 8, dtype=torch.bool)
     custom[0, :3] = True
-    assert torch.equal(digits._as_mask(custom).nonzero().flatten(), torch.arange(3))
-    assert torch.equal(digits._as_mask(custom.float().flatten()), custom.flatten())
+    assert torch.equal(digits.tasks._as_mask(custom).nonzero().flatten(), torch.arange(3))
+    assert torch.equal(digits.tasks._as_mask(custom.float().flatten()), custom.flatten())
     for bad, message in [("corner", "unknown mask"), (torch.zeros(64), "no pixel")]:
         with pytest.raises(ValueError, match=message):
-            digits._as_mask(bad)
+            digits.tasks._as_mask(bad)
     with pytest.raises(ValueError, match="shaped"):
-        digits._as_mask(torch.ones(7, 7, dtype=torch.bool))
+        digits.tasks._as_mask(torch.ones(7, 7, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("noise", [0.1, 0.3])

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 __all__ = ["Calibration", "calibration"]
 
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import prune_subsample_sites
-from scipy.special import gammaln
-from scipy.stats import binom
 from torch import Tensor
 
-from ..conditioning import condition, seeded
+from ..conditioning import seeded
 from ..methods import get as get_method
 from ..methods.base import Method
+from ..problem import Problem
 from .parallel import map_jobs
+from .ranks import (
+    check_alpha,
+    coordinate_label,
+    ecdf_uniformity_test,
+    rank_columns,
+    rank_coverage,
+)
+from .runs import simulate_ranks, simulation_seeds
 
-_MAX_EVAL_POINTS = 100
 _SUMMARY_LEVELS = (0.5, 0.9, 0.95)
 
 
@@ -52,18 +55,14 @@ class Calibration:
             simulation, ``condgen.condition(..., seed=...)`` and the tie-breaks.
 
     Example:
-        >>> import pyro
-        >>> import pyro.distributions as dist
-        >>> from condgen.evaluate import calibration
-        >>> def model():
-        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-        ...     pyro.sample("y", dist.Normal(x, 0.5))
-        >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
-        ...                   num_simulations=100, num_samples=1000, progress=False)
-        >>> cal.ranks["x"].shape  # one rank per simulation, among 1000 draws
-        torch.Size([100])
-        >>> cal.passed()
-        True
+        Ranks as an exact method gives them, here each of :math:`0, \dots, 99` once (a run of
+        :func:`calibration` gives them from a method and a model):
+
+        >>> import torch
+        >>> from condgen.evaluate import Calibration
+        >>> cal = Calibration({"x": torch.arange(100)}, num_samples=99, method="exact")
+        >>> cal.num_simulations, cal.passed()
+        (100, True)
 
     References:
         | Validating Bayesian Inference Algorithms with Simulation-Based Calibration
@@ -90,35 +89,7 @@ class Calibration:
             if value.numel() and (value.min() < 0 or value.max() > self.num_samples):
                 raise ValueError(f"ranks of site '{name}' must lie in [0, {self.num_samples}]")
 
-    # ----------------------------------------------------------------------- coordinates
-
-    def _coordinates(self, site: str | None = None) -> tuple[list[tuple[str, tuple]], np.ndarray]:
-        if site is not None and site not in self.ranks:
-            raise ValueError(f"site must be one of {list(self.ranks)}, got {site!r}")
-        names = [site] if site is not None else list(self.ranks)
-        labels, columns = [], []
-        for name in names:
-            value = self.ranks[name]
-            shape = tuple(value.shape[1:])
-            labels += [(name, index) for index in np.ndindex(*shape)]
-            columns.append(value.reshape(len(value), -1).cpu().numpy().astype(np.int64))
-        return labels, np.concatenate(columns, axis=1)
-
-    @staticmethod
-    def _label(name: str, index: tuple) -> str:
-        return f"{name}[{', '.join(map(str, index))}]" if index else name
-
     # -------------------------------------------------------------------------- coverage
-
-    def _coverage(self, ranks: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        # the truth's randomised quantile u = (r + V) / (L + 1), V ~ U(0, 1), is uniform on
-        # (0, 1) for a calibrated method; the truth lies in the central interval of level a
-        # when |u - 1/2| <= a / 2, whose probability given r is integrated over V exactly
-        bins = self.num_samples + 1
-        lower, upper = (1 - levels) / 2, (1 + levels) / 2
-        left, right = ranks / bins, (ranks + 1) / bins
-        inside = np.minimum(right[..., None], upper) - np.maximum(left[..., None], lower)
-        return (inside.clip(min=0) * bins).mean(0).T  # [levels, coordinates]
 
     def expected_coverage(
         self, levels: Sequence[float] | np.ndarray | None = None
@@ -146,14 +117,9 @@ class Calibration:
             ``"mean"`` column averaging them.
 
         Example:
-            >>> import pyro
-            >>> import pyro.distributions as dist
-            >>> from condgen.evaluate import calibration
-            >>> def model():
-            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-            ...     pyro.sample("y", dist.Normal(x, 0.5))
-            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
-            ...                   num_simulations=100, num_samples=1000, progress=False)
+            >>> import torch
+            >>> from condgen.evaluate import Calibration
+            >>> cal = Calibration({"x": torch.arange(100)}, num_samples=99, method="exact")
             >>> table = cal.expected_coverage([0.5, 0.9])
             >>> list(table.index), list(table.columns)
             ([0.5, 0.9], ['x', 'mean'])
@@ -169,12 +135,12 @@ class Calibration:
         levels = np.atleast_1d(levels)
         if levels.ndim != 1 or ((levels < 0) | (levels > 1)).any():
             raise ValueError(f"levels must be credible levels in [0, 1], got {levels}")
-        labels, ranks = self._coordinates()
-        coverage = self._coverage(ranks, levels)
+        labels, ranks = rank_columns(self.ranks)
+        coverage = rank_coverage(ranks, levels, self.num_samples)
         table = pd.DataFrame(
             coverage,
             index=pd.Index(levels, name="level"),
-            columns=[self._label(*label) for label in labels],
+            columns=[coordinate_label(*label) for label in labels],
         )
         table["mean"] = coverage.mean(1)
         return table
@@ -212,28 +178,24 @@ class Calibration:
             ``uniform`` (whether ``p_adjusted > alpha``).
 
         Example:
-            >>> import pyro
-            >>> import pyro.distributions as dist
-            >>> from condgen.evaluate import calibration
-            >>> def model():
-            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-            ...     pyro.sample("y", dist.Normal(x, 0.5))
-            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
-            ...                   num_simulations=100, num_samples=1000, progress=False)
+            >>> import torch
+            >>> from condgen.evaluate import Calibration
+            >>> u_shape = torch.tensor([0, 99] * 50)  # a too narrow posterior: truths at the ends
+            >>> cal = Calibration({"x": u_shape}, num_samples=99, method="narrow")
             >>> table = cal.uniformity()
             >>> list(table.columns)
             ['site', 'index', 'gamma', 'p_value', 'p_adjusted', 'uniform']
-            >>> len(table.query("not uniform"))  # the coordinates that fail
-            0
+            >>> list(table.query("not uniform").index)  # the coordinates that fail: U-shaped
+            ['x']
 
         References:
             | Graphical Test for Discrete Uniformity and its Applications in Goodness-of-Fit
               Evaluation and Multiple Sample Comparison (Säilynoja et al., 2022)
             | https://arxiv.org/abs/2103.10522
         """
-        _check_alpha(alpha)
-        labels, ranks = self._coordinates()
-        gamma, p_value = _ecdf_uniformity_test(ranks, self.num_samples)
+        check_alpha(alpha)
+        labels, ranks = rank_columns(self.ranks)
+        gamma, p_value = ecdf_uniformity_test(ranks, self.num_samples)
         p_adjusted = np.minimum(1.0, p_value * len(labels))
         return pd.DataFrame(
             {
@@ -244,7 +206,7 @@ class Calibration:
                 "p_adjusted": p_adjusted,
                 "uniform": p_adjusted > alpha,
             },
-            index=pd.Index([self._label(*label) for label in labels], name="coordinate"),
+            index=pd.Index([coordinate_label(*label) for label in labels], name="coordinate"),
         )
 
     def passed(self, alpha: float = 0.01) -> bool:
@@ -288,68 +250,24 @@ class Calibration:
             A :class:`matplotlib.figure.Figure`.
 
         Example:
-            >>> import pyro
-            >>> import pyro.distributions as dist
-            >>> from condgen.evaluate import calibration
-            >>> def model():
-            ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-            ...     pyro.sample("y", dist.Normal(x, 0.5))
-            >>> cal = calibration(model, "importance", observed=["y"], proposal="prior",
-            ...                   num_simulations=100, num_samples=1000, progress=False)
-            >>> fig = cal.plot()
+            >>> import torch
+            >>> from condgen.evaluate import Calibration
+            >>> ranks = torch.arange(100).reshape(50, 2)  # two coordinates
+            >>> fig = Calibration({"x": ranks}, num_samples=99, method="exact").plot()
             >>> fig.savefig("sbc.png")
             >>> type(fig).__name__
             'Figure'
         """
-        import arviz as az
-        import matplotlib.pyplot as plt
-        from scipy.stats import uniform
+        from .plots import plot_calibration
 
-        _check_alpha(alpha)
-        labels, ranks = self._coordinates(site)
-        num_coordinates = sum(math.prod(v.shape[1:]) for v in self.ranks.values())
-        labels, ranks = labels[:max_panels], ranks[:, :max_panels]
-        panels = len(labels) + 1
-        cols = min(panels, 4)
-        rows = math.ceil(panels / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-        bins = self.num_samples + 1
-        points = (_eval_indices(self.num_samples) + 1) / bins
-        for ax, (name, index), column in zip(axes.flat, labels, ranks.T, strict=False):
-            az.plot_ecdf(
-                (column + 0.5) / bins,  # ECDF at (j + 1) / (L + 1) counts the ranks <= j
-                eval_points=points,
-                cdf=uniform(0, 1).cdf,
-                difference=True,
-                confidence_bands="optimized",
-                ci_prob=1 - alpha / num_coordinates,
-                ax=ax,
-            )
-            ax.axhline(0.0, color="0.5", lw=0.5)
-            ax.set_title(self._label(name, index))
-            ax.set_xlabel("normalised rank")
-            ax.set_ylabel("ECDF difference")
-        ax = axes.flat[len(labels)]
-        levels = np.linspace(0, 1, 41)
-        coverage = self._coverage(ranks, levels)
-        spread = 1.96 * np.sqrt(levels * (1 - levels) / self.num_simulations)
-        ax.fill_between(levels, levels - spread, levels + spread, color="0.85", lw=0)
-        ax.plot([0, 1], [0, 1], color="0.4", ls="--", lw=1)
-        if coverage.shape[1] > 1:
-            ax.plot(levels, coverage, color="C0", alpha=0.3, lw=0.8)
-        ax.plot(levels, coverage.mean(1), color="k", lw=1.5)
-        ax.set(
-            xlim=(0, 1),
-            ylim=(0, 1),
-            xlabel="credible level",
-            ylabel="expected coverage",
-            title="coverage",
+        return plot_calibration(
+            self.ranks,
+            self.num_samples,
+            method=self.method,
+            site=site,
+            alpha=alpha,
+            max_panels=max_panels,
         )
-        for extra in axes.flat[panels:]:
-            extra.remove()
-        fig.suptitle(f"SBC of {self.method}: {self.num_simulations} simulations")
-        fig.tight_layout()
-        return fig
 
     def __repr__(self) -> str:
         sites = ", ".join(f"{k}{list(v.shape[1:])}" for k, v in self.ranks.items())
@@ -359,129 +277,33 @@ class Calibration:
         )
 
 
-# ------------------------------------------------------------------------ uniformity test
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-
-
-def _eval_indices(num_samples: int) -> np.ndarray:
-    # ECDF evaluation ranks j_k: all of 0..L-1, or _MAX_EVAL_POINTS evenly spaced quantiles
-    bins = num_samples + 1
-    k = np.arange(1, min(num_samples, _MAX_EVAL_POINTS) + 1)
-    return np.unique((bins * k) // (len(k) + 1) - 1).clip(min=0)
-
-
-def _ecdf_uniformity_test(ranks: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""The ECDF band test of discrete uniformity (see :meth:`Calibration.uniformity`).
-
-    Arguments:
-        ranks: Integer ranks in :math:`\{0, \dots, L\}`, shaped ``[N, D]``.
-        num_samples: :math:`L`.
-
-    Returns:
-        The statistic :math:`\gamma` and its exact p-value, both shaped ``[D]``.
-    """
-    ranks = np.asarray(ranks, dtype=np.int64)
-    n, _ = ranks.shape
-    grid = _eval_indices(num_samples)
-    z = (grid + 1) / (num_samples + 1)
-    counts = np.stack(
-        [np.bincount(col, minlength=num_samples + 1).cumsum()[grid] for col in ranks.T], 1
-    )  # [K, D]
-    c = np.arange(n + 1)
-    tails = np.minimum(binom.cdf(c, n, z[:, None]), binom.sf(c - 1, n, z[:, None]))
-    tails = np.minimum(1.0, 2 * tails)  # [K, N + 1]
-    gamma = tails[np.arange(len(grid))[:, None], counts].min(0)  # [D]
-
-    # P(all k: tails_k(C_k) > gamma) by the forward recursion over C_k
-    log_factorial = gammaln(c + 1.0)  # log m!
-    remaining = n - c[:, None]  # N - C_{k-1}
-    step = c[None, :] - c[:, None]  # C_k - C_{k-1}
-    valid = (step >= 0) & (step <= remaining)
-    step = np.where(valid, step, 0)
-    log_binomial = log_factorial[remaining] - log_factorial[step] - log_factorial[remaining - step]
-    prob = np.zeros((len(gamma), n + 1))
-    prob[:, 0] = 1.0
-    z_previous = 0.0
-    for k, z_k in enumerate(z):
-        p = (z_k - z_previous) / (1 - z_previous)
-        log_pmf = log_binomial + step * math.log(p) + (remaining - step) * math.log1p(-p)
-        transition = np.where(valid, np.exp(log_pmf), 0.0)  # [C_{k-1}, C_k]
-        prob = (prob @ transition) * (tails[k][None, :] > gamma[:, None])
-        z_previous = z_k
-    p_value = np.clip(1.0 - prob.sum(1), 0.0, 1.0)
-    return gamma, p_value
-
-
 # ------------------------------------------------------------------------- simulations
 
 
-def _simulation_seeds(seed: int, num_simulations: int) -> np.ndarray:
-    return np.stack(
-        [
-            np.random.SeedSequence([seed, i]).generate_state(3, dtype=np.uint32)
-            for i in range(num_simulations)
-        ]
-    ).astype(np.int64)
+def _observed_names(
+    problem: Problem, observed: Sequence[str] | Mapping[str, Any] | str | None
+) -> tuple[str, ...]:
+    r"""The named observed sites and those the model observes itself (``obs=`` given), in
+    order.
 
-
-def _sample_sites(
-    model: Callable, args: tuple, kwargs: Mapping[str, Any], seed: int
-) -> poutine.Trace:
-    with seeded(seed), torch.no_grad():
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
-    return prune_subsample_sites(trace)
-
-
-def _simulate_ranks(
-    model: Callable,
-    method: Method,
-    args: tuple,
-    kwargs: dict[str, Any],
-    observed: tuple[str, ...],
-    sites: tuple[str, ...],
-    num_samples: int,
-    seeds: tuple[int, int, int],
-) -> tuple[dict[str, np.ndarray], int, list[str]]:
-    # One simulation, a pure function of its arguments, so that any executor gives the same
-    # ranks: draw (x, y) from the model, condition on y, rank x among the draws. Warnings are
-    # returned (a worker's would be lost) and summarised once by the caller.
-    simulation_seed, inference_seed, tie_seed = (int(s) for s in seeds)
-    trace = _sample_sites(model, args, kwargs, simulation_seed)
-    data = {name: trace.nodes[name]["value"] for name in observed}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            posterior = condition(
-                model,
-                data,
-                args=args,
-                kwargs=kwargs,
-                method=method,
-                num_samples=num_samples,
-                seed=inference_seed,
-                progress=False,
-            )
-    except Exception as error:
-        message = f"method '{method.name}' failed on the simulation with seeds {list(seeds)}"
-        # keep the documented error types of condgen.condition, with the seeds added
-        kind = type(error) if type(error) in (ValueError, FloatingPointError) else RuntimeError
-        raise kind(f"{message}: {error}") from error
-    generator = np.random.default_rng(tie_seed)
-    with seeded(tie_seed):
-        draws = posterior.resample().flatten()
-    ranks = {}
-    for name in sites:
-        truth = trace.nodes[name]["value"].detach()
-        sample = draws[name].to(truth.device, truth.dtype)
-        below = (sample < truth).sum(0).cpu().numpy()
-        ties = (sample == truth).sum(0).cpu().numpy()
-        ranks[name] = below + generator.integers(0, ties + 1)
-    messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-    return ranks, len(next(iter(draws.values()))), messages
+    Raises:
+        ValueError: If a name is not a sample site of the model, or nothing is observed.
+    """
+    names = [observed] if isinstance(observed, str) else list(observed or [])
+    samples = [*problem.latent_sites, *problem.observed_sites]
+    unknown = [name for name in names if name not in samples]
+    if unknown:
+        raise ValueError(
+            f"observed has {unknown}, which are not sample sites of the model; its sample "
+            f"sites are {samples}"
+        )
+    observed = tuple(dict.fromkeys([*names, *problem.observed_sites]))
+    if not observed:
+        raise ValueError(
+            "the model observes no site by itself: name the sites to simulate and condition "
+            "on, e.g. observed=['y'] (or observed=data, a data dict)"
+        )
+    return observed
 
 
 def calibration(
@@ -582,29 +404,10 @@ def calibration(
     method = get_method(method, **options)
     args, kwargs = tuple(args), dict(kwargs or {})
 
-    trace = _sample_sites(model, args, kwargs, int(seed))
-    samples = {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["infer"].get("_deterministic")
-    }
-    self_observed = [n for n, s in samples.items() if s["infer"].get("was_observed")]
-    if isinstance(observed, str):
-        observed = [observed]
-    named = list(observed or [])
-    unknown = [name for name in named if name not in samples]
-    if unknown:
-        raise ValueError(
-            f"observed has {unknown}, which are not sample sites of the model; its sample "
-            f"sites are {list(samples)}"
-        )
-    observed = tuple(dict.fromkeys([*named, *self_observed]))
-    if not observed:
-        raise ValueError(
-            "the model observes no site by itself: name the sites to simulate and condition "
-            "on, e.g. observed=['y'] (or observed=data, a data dict)"
-        )
-    latent = [name for name in samples if name not in observed]
+    with seeded(int(seed)):  # tracing draws from the prior: keep the caller's random state
+        problem = Problem(model, None, args, kwargs)
+    observed = _observed_names(problem, observed)
+    latent = [name for name in problem.latent_sites if name not in observed]
     if isinstance(sites, str):
         sites = [sites]
     sites = tuple(latent if sites is None else sites)
@@ -615,10 +418,10 @@ def calibration(
             f"latent sites (given observed={list(observed)}) are {latent}"
         )
 
-    seeds = _simulation_seeds(int(seed), num_simulations)
+    seeds = simulation_seeds(int(seed), num_simulations)
     jobs = [(model, method, args, kwargs, observed, sites, num_samples, tuple(s)) for s in seeds]
     results = map_jobs(
-        _simulate_ranks, jobs, executor=executor, progress=progress, desc=f"SBC {method.name}"
+        simulate_ranks, jobs, executor=executor, progress=progress, desc=f"SBC {method.name}"
     )
     warned = [messages for _, _, messages in results if messages]
     if warned:
@@ -636,7 +439,7 @@ def calibration(
         )
     ranks = {
         name: torch.as_tensor(np.stack([r[name] for r, _, _ in results])).reshape(
-            num_simulations, *trace.nodes[name]["value"].shape
+            num_simulations, *problem.latent_sites[name].shape
         )
         for name in sites
     }

@@ -19,14 +19,9 @@ __all__ = [
     "build_flow",
 ]
 
+from .affine import ElementwiseAffine, TrilAffine
 from .amortized import AmortizedFlowGuide, AmortizedNormal
-from .flows import FLOWS, ElementwiseAffine, FlowGuide, FlowLatent, TrilAffine, build_flow
-from .implicit import (
-    AmortizedImplicitGuide,
-    AmortizedSemiImplicitGuide,
-    ImplicitGuide,
-    ImplicitLatent,
-    MixingNetwork,
-    SemiImplicitGuide,
-    SemiImplicitLatent,
-)
+from .flows import FLOWS, FlowGuide, FlowLatent, build_flow
+from .implicit import AmortizedImplicitGuide, ImplicitGuide
+from .latents import ImplicitLatent, MixingNetwork, SemiImplicitLatent
+from .semi_implicit import AmortizedSemiImplicitGuide, SemiImplicitGuide

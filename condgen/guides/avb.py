@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from zuko.nn import MLP
 
+from .._optim import adamw
 from .latents import ImplicitLatent, _normal_log_prob, _with_context
 from .sivi import _ParticleObjective
 
@@ -60,20 +61,16 @@ class AdversarialELBO(_ParticleObjective):
 
     Example:
         >>> import pyro, torch
-        >>> import pyro.distributions as dist
-        >>> def model(y):
-        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
-        >>> y = torch.tensor(1.0)
+        >>> from condgen.evaluate import TwoModes
         >>> from condgen.guides import ImplicitGuide
         >>> from condgen.infer import AdversarialELBO
-        >>> guide = ImplicitGuide(model, noise_dim=4)
-        >>> loss = AdversarialELBO(lr=1e-3, num_particles=64)
-        >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+        >>> task = TwoModes()
+        >>> guide, loss = ImplicitGuide(task.model, noise_dim=4), AdversarialELBO(lr=1e-3)
+        >>> svi = pyro.infer.SVI(task.model, guide, pyro.optim.Adam({"lr": 1e-3}), loss)
         >>> for _ in range(20):  # about 2000 steps to converge
-        ...     value = svi.step(y)
+        ...     value = svi.step()
         >>> u = torch.randn(10, 2)  # points of the guide's unconstrained latent
-        >>> loss.log_ratio(model, guide, u, y).shape  # log q(u) - log p(u)
+        >>> loss.log_ratio(task.model, guide, u).shape  # log q(u) - log p(u)
         torch.Size([10])
 
     References:
@@ -112,7 +109,7 @@ class AdversarialELBO(_ParticleObjective):
         if self.discriminator is None:
             self.discriminator = MLP(features, 1, self.hidden, activation=nn.SiLU)
         self.discriminator.to(device=like.device, dtype=like.dtype)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr)
+        self.optimizer = adamw(self.discriminator.parameters(), lr=self.lr)
 
     def _score(self, v: Tensor, context: Tensor | None, detach: bool = False) -> Tensor:
         r""":math:`T` at standardised draws ``[..., D]`` (beside their context): ``[...]``."""

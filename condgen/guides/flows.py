@@ -13,11 +13,11 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, biject_to, constraints
-from torch.distributions.transforms import Transform
 from zuko.distributions import NormalizingFlow
 from zuko.lazy import Flow, LazyComposedTransform, LazyDistribution, LazyInverse, LazyTransform
 
 from ..priors.flow import FLOWS as PRIOR_FLOWS
+from .affine import ElementwiseAffine, TrilAffine
 
 FLOWS: dict[str, Callable[..., Flow]] = {
     name: flow for name, flow in PRIOR_FLOWS.items() if name != "ncsf"
@@ -26,129 +26,6 @@ r"""The flows of :func:`build_flow` and the guides, by name: those of the one re
 :data:`condgen.priors.flow.FLOWS`, over :math:`\mathbb{R}^D`. zuko's circular spline flow
 (NCSF) is left out on purpose: its support is the box :math:`[-\pi, \pi]^D`, not the
 unconstrained space of the latent sites."""
-
-
-class _VectorAffine(Transform):
-    r"""An increasing affine bijection of :math:`\mathbb{R}^D` over the last dimension; unlike
-    :class:`~torch.distributions.transforms.AffineTransform`, its event shape is that of
-    :math:`x`, whatever the batch shape of its parameters."""
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
-
-
-class _ShiftScale(_VectorAffine):
-    r"""The transformation :math:`y = \mu + \exp(\ell) \odot x`."""
-
-    def __init__(self, loc: Tensor, log_scale: Tensor):
-        super().__init__()
-        self.loc, self.log_scale = loc, log_scale
-
-    def _call(self, x: Tensor) -> Tensor:
-        return self.loc + self.log_scale.exp() * x
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        return (y - self.loc) * torch.exp(-self.log_scale)
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        ladj = self.log_scale.sum(-1)
-        return ladj.expand(torch.broadcast_shapes(ladj.shape, x.shape[:-1]))
-
-
-class ElementwiseAffine(LazyTransform):
-    r"""Creates a lazy element-wise affine transformation :math:`y = \mu + \sigma \odot x`.
-
-    Without context, :math:`\mu` and :math:`\log \sigma` are parameters; with context
-    :math:`c`, they are a linear function of it, :math:`(\mu, \log \sigma) = W c + b`, with
-    :math:`W = 0` at initialisation, so that the transformation starts at the same
-    :math:`(\mu, \sigma)` for every context.
-
-    Arguments:
-        features: The number of features :math:`D`.
-        context: The number of context features.
-        loc: The initial shift :math:`\mu`, shaped :math:`(D,)` (default zero).
-        scale: The initial scale :math:`\sigma`, a positive float or a tensor :math:`(D,)`.
-    """
-
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        loc: Tensor | None = None,
-        scale: float | Tensor = 1.0,
-    ) -> None:
-        super().__init__()
-        loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).reshape(features)
-        log_scale = torch.as_tensor(scale, dtype=loc.dtype).log().expand(features)
-        if context > 0:
-            self.hyper = nn.Linear(context, 2 * features)
-            with torch.no_grad():
-                self.hyper.weight.zero_()
-                self.hyper.bias.copy_(torch.cat((loc, log_scale)))
-        else:
-            self.loc = nn.Parameter(loc.clone())
-            self.log_scale = nn.Parameter(log_scale.clone())
-
-    def forward(self, c: Tensor | None = None) -> Transform:
-        if hasattr(self, "hyper"):
-            loc, log_scale = self.hyper(c).chunk(2, dim=-1)
-        else:
-            loc, log_scale = self.loc, self.log_scale
-        return _ShiftScale(loc, log_scale)
-
-
-class _TrilShiftScale(_VectorAffine):
-    r"""The transformation :math:`y = \mu + L x`, with :math:`L` lower triangular with a
-    positive diagonal; :math:`\log |\det L| = \sum_i \log L_{ii}`."""
-
-    def __init__(self, loc: Tensor, scale_tril: Tensor):
-        super().__init__()
-        self.loc, self.scale_tril = loc, scale_tril
-
-    def _call(self, x: Tensor) -> Tensor:
-        return self.loc + (self.scale_tril @ x.unsqueeze(-1)).squeeze(-1)
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        r = (y - self.loc).unsqueeze(-1)
-        tril = self.scale_tril.expand(*r.shape[:-2], *self.scale_tril.shape[-2:])
-        return torch.linalg.solve_triangular(tril, r, upper=False).squeeze(-1)
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        ladj = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return ladj.expand(torch.broadcast_shapes(ladj.shape, x.shape[:-1]))
-
-
-class TrilAffine(LazyTransform):
-    r"""Creates a lazy affine transformation :math:`y = \mu + L x`, with :math:`L` lower
-    triangular: :math:`L = \mathrm{diag}(\sigma) + \mathrm{tril}(M, -1)`, parameters
-    :math:`\mu`, :math:`\log \sigma` and the strictly lower part :math:`M` (zero at
-    initialisation, so that the transformation starts at :math:`\mu + \sigma \odot x`).
-
-    Applied to standard-normal noise it is the Cholesky parametrisation of
-    :math:`\mathcal{N}(\mu, L L^\top)`, every Gaussian over :math:`\mathbb{R}^D`, as Pyro's
-    :class:`~pyro.infer.autoguide.AutoMultivariateNormal`. Without context only.
-
-    Arguments:
-        features: The number of features :math:`D`.
-        loc: The initial shift :math:`\mu`, shaped :math:`(D,)` (default zero).
-        scale: The initial diagonal :math:`\sigma`, a positive float or a tensor :math:`(D,)`.
-    """
-
-    def __init__(self, features: int, loc: Tensor | None = None, scale: float | Tensor = 1.0):
-        super().__init__()
-        loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).reshape(features)
-        log_scale = torch.as_tensor(scale, dtype=loc.dtype).log().expand(features)
-        self.loc = nn.Parameter(loc.clone())
-        self.log_scale = nn.Parameter(log_scale.clone())
-        self.lower = nn.Parameter(torch.zeros(features, features, dtype=loc.dtype))
-
-    def forward(self, c: Tensor | None = None) -> Transform:
-        if c is not None:
-            raise ValueError("TrilAffine takes no context")
-        tril = self.lower.tril(-1) + torch.diag_embed(self.log_scale.exp())
-        return _TrilShiftScale(self.loc, tril)
 
 
 def _zero_last_layers(transform: nn.Module) -> bool:
@@ -434,14 +311,11 @@ class FlowGuide(AutoContinuous):
     initial point. :meth:`FlowLatent.mean` and :meth:`FlowLatent.variance` are Monte Carlo
     estimates over the same draws.
 
-    Fitted with Pyro's schedule for its exact tests (500 ClippedAdam steps from 0.05 to 0.005,
-    100 particles), a small flow (one NSF transformation, 16 hidden units) on a Gaussian
-    posterior is left with a KL of 0.002 to 0.007, against 0.0006 to 0.0015 for
-    ``AutoMultivariateNormal``: at the exact posterior the ELBO gradient of the hyper-network's
-    weights is zero-mean noise, on which Adam still takes steps of about the learning rate, and
-    there are about a thousand such weights. The fit then meets Pyro's tolerances (0.05 on the
-    moments, 0.01 on a 100-particle ELBO) with little margin (see
-    ``tests/test_pyro_autoguide_suite.py``).
+    On a Gaussian posterior a small flow fitted with Pyro's schedule for its exact tests meets
+    their tolerances with less margin than ``AutoMultivariateNormal``: at the exact posterior
+    the ELBO gradient of the hyper-network's weights is zero-mean noise, on which Adam still
+    takes steps (see ``tests/test_pyro_autoguide_suite.py``; measured fits and speed:
+    ``docs/benchmarks.md``, "Guides").
 
     Arguments:
         model: A Pyro model with continuous latent sites of fixed shapes.
@@ -450,10 +324,9 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: A per-site initialisation (``pyro.infer.autoguide.init_to_*``) for
             :math:`\mu`.
         init_scale: The initial scale :math:`\sigma` in unconstrained space (0.1, as Pyro's
-            Gaussian autoguides: posteriors are usually narrower than priors). For posteriors
-            about as wide as a standard normal, 1 converges faster: over 5 seeds and 800
-            steps, the mean distance to the posterior was 0.056 with 1 and 0.078 with 0.1 on
-            the tests' banana (0.190 and 0.164 on their funnel).
+            Gaussian autoguides: posteriors are usually narrower than priors; for posteriors
+            about as wide as a standard normal, 1 often converges faster, see
+            ``docs/benchmarks.md``).
         scale_tril: Whether the affine layer is lower triangular (:class:`TrilAffine`, with
             :math:`D(D - 1) / 2` more parameters) rather than element-wise.
         flow_options: Keyword arguments of the flow class (``transforms=3``,
@@ -461,20 +334,16 @@ class FlowGuide(AutoContinuous):
 
     Example:
         >>> import pyro
-        >>> import pyro.distributions as dist
-        >>> import torch
+        >>> from condgen.evaluate import Banana
         >>> from condgen.guides import FlowGuide
-        >>> def model(y):
-        ...     x = pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        ...     pyro.sample("y", dist.Normal(x.sum(-1), 0.5), obs=y)
-        >>> y = torch.tensor(1.0)
-        >>> guide = FlowGuide(model, "nsf", transforms=2, hidden_features=(16, 16))
-        >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}),
-        ...                      pyro.infer.Trace_ELBO())
+        >>> task = Banana()  # a banana-shaped posterior of the site "z", in 2-D
+        >>> guide = FlowGuide(task.model, "nsf", transforms=2, hidden_features=(16, 16))
+        >>> optim = pyro.optim.Adam({"lr": 1e-2})
+        >>> svi = pyro.infer.SVI(task.model, guide, optim, pyro.infer.Trace_ELBO())
         >>> for _ in range(50):  # about 1000 steps to converge
-        ...     loss = svi.step(y)
-        >>> draws = pyro.infer.Predictive(model, guide=guide, num_samples=100)(y)
-        >>> draws["x"].shape
+        ...     loss = svi.step()
+        >>> draws = pyro.infer.Predictive(task.model, guide=guide, num_samples=100)()
+        >>> draws["z"].shape
         torch.Size([100, 2])
 
     References:

@@ -3,7 +3,6 @@ a model's simulations."""
 
 __all__ = ["FMPE", "NPE", "NPSE", "SIVI_ELBO", "AdversarialELBO", "KernelSIVI"]
 
+from ..amortized import FMPE, NPE, NPSE
 from ..guides.avb import AdversarialELBO
 from ..guides.sivi import SIVI_ELBO, KernelSIVI
-from .npe import NPE
-from .vector_field import FMPE, NPSE

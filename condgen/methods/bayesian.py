@@ -2,7 +2,7 @@ r"""Bayesian conditioning: NUTS, stochastic variational inference and importance
 
 from __future__ import annotations
 
-__all__ = ["NUTS", "SVI", "Importance", "build_guide", "init_generative_to_sample"]
+__all__ = ["GUIDES", "NUTS", "SVI", "Importance", "build_guide", "init_generative_to_sample"]
 
 import math
 import warnings
@@ -20,43 +20,11 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm import tqdm
 
-from ..guides import FlowGuide, ImplicitGuide, SemiImplicitGuide
 from ..infer import KernelSIVI
 from ..posterior import Posterior
 from ..problem import Problem, _is_neural
 from .base import Method, register
-
-GUIDES: dict[str, Callable] = {
-    "normal": autoguides.AutoNormal,
-    "mvn": autoguides.AutoMultivariateNormal,
-    "lowrank": autoguides.AutoLowRankMultivariateNormal,
-    "flow": FlowGuide,
-    "semi_implicit": SemiImplicitGuide,
-    "implicit": ImplicitGuide,
-}
-
-
-def build_guide(guide: str | Callable | None, problem: Problem) -> Callable:
-    r"""Builds a guide for the problem's conditioned model from a name, or passes one through.
-
-    Arguments:
-        guide: A name in :data:`GUIDES` (``"normal"``, ``"mvn"``, ``"lowrank"``, ``"flow"``
-            for a :class:`~condgen.guides.FlowGuide` with a neural spline flow,
-            ``"semi_implicit"``, ``"implicit"``), a Pyro guide (any callable with the model's
-            signature), or None for ``"mvn"``.
-        problem: The problem whose conditioned model the guide approximates.
-    """
-    if guide is None:
-        guide = "mvn"
-    if isinstance(guide, str):
-        if guide not in GUIDES:
-            raise ValueError(f"unknown guide {guide!r}; guide names are {sorted(GUIDES)}")
-        return GUIDES[guide](problem.conditioned_model)
-    if not callable(guide):
-        raise ValueError(
-            f"guide must be a name in {sorted(GUIDES)} or a Pyro guide, got {guide!r}"
-        )
-    return guide
+from .guide_names import GUIDES, build_guide
 
 
 class _Counted:
@@ -113,17 +81,14 @@ class NUTS(Method):
         per draw ``diverging``, ``step_size``, ``n_steps``, ``lp`` in ``sample_stats``.
 
     Example:
-        >>> import condgen, pyro, torch
-        >>> import pyro.distributions as dist
+        >>> import condgen
+        >>> from condgen.evaluate import BetaBinomial
         >>> from condgen.methods import NUTS
-        >>> def model():
-        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-        ...     pyro.sample("y", dist.Normal(x, 0.5))
-        >>> data = {"y": torch.tensor(1.0)}
+        >>> task = BetaBinomial(successes=3)  # p ~ Beta(2, 2), 3 successes in 20 trials
         >>> method = NUTS(num_chains=2, warmup_steps=100)  # defaults: 4 chains, 500 warm-up steps
-        >>> post = condgen.condition(model, data, method=method, num_samples=200, seed=0,
-        ...                          progress=False)
-        >>> post.samples["x"].shape, post.method
+        >>> post = condgen.condition(task.model, task.data, method=method, num_samples=200,
+        ...                          seed=0, progress=False)
+        >>> post.samples["p"].shape, post.method
         (torch.Size([2, 100]), 'nuts')
 
     References:
@@ -146,12 +111,9 @@ class NUTS(Method):
     ):
         if num_chains < 1 or warmup_steps < 0:
             raise ValueError("num_chains must be >= 1 and warmup_steps >= 0")
-        self.num_chains = num_chains
-        self.warmup_steps = warmup_steps
-        self.target_accept_prob = target_accept_prob
-        self.max_tree_depth = max_tree_depth
-        self.full_mass = full_mass
-        self.jit_compile = jit_compile
+        self.num_chains, self.warmup_steps = num_chains, warmup_steps
+        self.target_accept_prob, self.max_tree_depth = target_accept_prob, max_tree_depth
+        self.full_mass, self.jit_compile = full_mass, jit_compile
         self.init_strategy = init_strategy or init_generative_to_sample
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
@@ -255,17 +217,15 @@ class SVI(Method):
         :class:`~condgen.infer.KernelSIVI`), ``nfe`` (model evaluations with gradient).
 
     Example:
-        >>> import condgen, pyro, torch
-        >>> import pyro.distributions as dist
-        >>> def model():
-        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-        ...     pyro.sample("y", dist.Normal(x, 0.5))
-        >>> data = {"y": torch.tensor(1.0)}
-        >>> post = condgen.condition(model, data, method="svi", guide="normal", num_steps=300,
-        ...                          num_samples=1000, seed=0, progress=False)
+        >>> import condgen
+        >>> from condgen.evaluate import NormalNormal
+        >>> task = NormalNormal(dim=2)  # a Gaussian posterior: in the "normal" guide's family
+        >>> post = condgen.condition(task.model, task.data, method="svi", guide="normal",
+        ...                          num_steps=1000, num_samples=1000, seed=0, progress=False)
         >>> post.samples["x"].shape
-        torch.Size([1, 1000])
-        >>> abs(post.samples["x"].mean().item() - 0.8) < 0.1  # the exact posterior mean: 0.8
+        torch.Size([1, 1000, 2])
+        >>> error = post.samples["x"].mean((0, 1)) - task.posterior()["x"].mean
+        >>> bool(error.abs().max() < 0.1)
         True
 
     References:
@@ -292,12 +252,8 @@ class SVI(Method):
                 f"loss must be an objective with loss_and_grads (e.g. Trace_ELBO(), "
                 f"condgen.infer.SIVI_ELBO()) or None, got {loss!r}"
             )
-        self.guide = guide
-        self.loss = loss
-        self.num_steps = num_steps
-        self.lr = lr
-        self.lr_decay = lr_decay
-        self.num_particles = num_particles
+        self.guide, self.loss, self.num_steps = guide, loss, num_steps
+        self.lr, self.lr_decay, self.num_particles = lr, lr_decay, num_particles
 
     def objective(self, guide: Callable, problem: Problem) -> Any:
         r"""The objective that trains ``guide``: ``loss``, the guide's ``default_loss()`` or
@@ -387,19 +343,17 @@ class Importance(Method):
         ``ess`` (effective sample size of the weights), ``pareto_k``, ``nfe``.
 
     Example:
-        >>> import condgen, pyro, torch
-        >>> import pyro.distributions as dist
-        >>> def model():
-        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-        ...     pyro.sample("y", dist.Normal(x, 0.5))
-        >>> data = {"y": torch.tensor(1.0)}
-        >>> post = condgen.condition(model, data, method="importance", proposal="prior",
-        ...                          num_samples=4000, seed=0, progress=False)
+        >>> import condgen
+        >>> from condgen.evaluate import GaussianLinear
+        >>> task = GaussianLinear(dim=2, prior_scale=1.0, noise=0.5)
+        >>> post = condgen.condition(task.model, task.data, method="importance",
+        ...                          proposal="prior", num_samples=4000, seed=0, progress=False)
         >>> post.log_weights is None  # weighted draws: use moments() or resample()
         False
-        >>> mean, sd = post.moments("x")  # exact: 0.8 and 0.45
-        >>> abs(mean.item() - 0.8) < 0.1, abs(sd.item() - 0.45) < 0.1
-        (True, True)
+        >>> mean, sd = post.moments("theta")
+        >>> exact = task.posterior()["theta"]
+        >>> bool((mean - exact.mean).abs().max() < 0.1 and (sd - exact.stddev).abs().max() < 0.1)
+        True
 
     References:
         | Pareto Smoothed Importance Sampling (Vehtari et al., 2015)

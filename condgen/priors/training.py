@@ -2,10 +2,12 @@ r"""Training of path priors (diffusion and flow matching) by denoising score mat
 
 from __future__ import annotations
 
-__all__ = ["SNR_CLIP", "fit_path_prior"]
+__all__ = ["SNR_CLIP", "fit_path_prior", "path_loss"]
 
 import inspect
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -58,6 +60,41 @@ def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
         with torch.no_grad():
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+
+
+def path_loss(
+    schedule: Schedule,
+    prediction: str,
+    network: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t: Tensor,
+    eps: Tensor,
+) -> Tensor:
+    r"""The regression loss of a path network at data ``x``, times ``t`` and noise ``eps``,
+    on :math:`x_t = \alpha_t x + \sigma_t \epsilon`, for its parametrisation (see
+    :func:`fit_path_prior`): :math:`\|f - \epsilon\|^2` (``"noise"``), :math:`\|f -
+    (\dot\alpha_t x + \dot\sigma_t \epsilon)\|^2` (``"velocity"``) or :math:`(1 +
+    \min(\mathrm{SNR}_t, \gamma)) \|f - x\|^2` (``"denoiser"``), averaged. The priors'
+    trainer and the flow-matching and score estimators call it.
+
+    Arguments:
+        schedule: The path.
+        prediction: ``"denoiser"``, ``"noise"`` or ``"velocity"``.
+        network: :math:`x_t \mapsto f(x_t, t)` at the times ``t`` (and any context).
+        x: The data, shaped ``[N, *event]``.
+        t: The times, shaped ``[N]``.
+        eps: Standard normal noise shaped like ``x``.
+    """
+    shape = (len(x),) + (1,) * (x.dim() - 1)
+    alpha, sigma = (v.reshape(shape) for v in schedule(t))
+    output = network(alpha * x + sigma * eps, t)
+    if prediction == "noise":
+        return (output - eps).square().mean()
+    if prediction == "velocity":
+        dalpha, dsigma = (v.reshape(shape) for v in schedule.derivatives(t))
+        return (output - (dalpha * x + dsigma * eps)).square().mean()
+    weight = 1 + (alpha / sigma).square().clamp(max=SNR_CLIP)
+    return (weight * (output - x).square()).mean()
 
 
 def fit_path_prior(
@@ -203,7 +240,7 @@ def fit_path_prior(
         raise ValueError("context_dropout needs a context (one per data item)")
 
     network.to(device=device, dtype=dtype)
-    schedule, prediction, event_dim = prior.schedule, prior.prediction, len(event_shape)
+    schedule, prediction = prior.schedule, prior.prediction
     t_min = max(schedule.t_min, 1e-5)
     accepts_drop = context is not None and _accepts_drop(network)
     optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
@@ -238,23 +275,12 @@ def fit_path_prior(
                 x = data[index]
                 t = t_min + (1 - t_min) * torch.rand(batch_size, **options(dtype=dtype))
                 eps = torch.randn(x.shape, **options(dtype=dtype))
-                shape = (batch_size,) + (1,) * event_dim
-                alpha, sigma = (v.reshape(shape) for v in schedule(t))
-                x_t = alpha * x + sigma * eps
                 c = drop = None
                 if context is not None:
                     c = context[index]
                     if context_dropout > 0:
                         drop = torch.rand(batch_size, **options()) < context_dropout
-                output = forward(x_t, t, c, drop)
-                if prediction == "noise":
-                    loss = (output - eps).square().mean()
-                elif prediction == "velocity":
-                    dalpha, dsigma = (v.reshape(shape) for v in schedule.derivatives(t))
-                    loss = (output - (dalpha * x + dsigma * eps)).square().mean()
-                else:
-                    weight = 1 + (alpha / sigma).square().clamp(max=SNR_CLIP)
-                    loss = (weight * (output - x).square()).mean()
+                loss = path_loss(schedule, prediction, partial(forward, c=c, drop=drop), x, t, eps)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(

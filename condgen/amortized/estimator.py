@@ -1,0 +1,449 @@
+r"""The shared base of the amortized posterior estimators trained on a Pyro model's
+simulations."""
+
+from __future__ import annotations
+
+__all__ = ["PosteriorEstimator"]
+
+import abc
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import pyro.poutine as poutine
+import torch
+from torch import Tensor, nn
+
+from .._random import seeded
+from ..problem import Problem, Site
+from .saving import load_estimator, save_estimator
+from .sites import UnconstrainedSites, flatten_observations, observation, observed_names
+from .training import finite_simulations, split, standardisation, train, training_options
+
+_SIMULATION_BATCH = 10_000
+
+
+class PosteriorEstimator(nn.Module, abc.ABC):
+    r"""An amortized posterior :math:`q_\phi(\theta \mid x)` of a Pyro model, trained on the
+    model's own simulations.
+
+    The model is simulated from its prior predictive, :math:`(\theta_i, x_i) \sim p(\theta)
+    p(x \mid \theta)`, in one vectorised pass (the particle plate of :class:`~condgen.Problem`),
+    where :math:`x` are the sites named by ``observed`` and :math:`\theta` all other (latent)
+    sites. A conditional density estimator is trained on the simulations; since they cover the
+    prior predictive, it learns the posterior of every observation at once, and conditioning on
+    a new :math:`x_o` needs no retraining.
+
+    The estimator works in a standardised unconstrained space. Each latent site is mapped to
+    :math:`\mathbb{R}^k` by :math:`z = T^{-1}(\theta)`, :math:`T` = ``biject_to(site.support)``
+    (as Pyro's autoguides do), the sites are flattened and concatenated, and
+    :math:`u = (z - m_z) / s_z` is z-scored with the mean and standard deviation of the
+    simulations (buffers). The observations are flattened and z-scored likewise,
+    :math:`c = e((x - m_x) / s_x)` with an optional embedding network :math:`e` trained jointly.
+    The density of a constrained value is then, by the change of variables,
+
+    .. math:: \log q(\theta \mid x) = \log q_\phi(u \mid c) - \sum_j \log s_{z,j}
+        - \log \left| \det \frac{\partial T(z)}{\partial z} \right|.
+
+    Subclasses hold the network of :math:`q_\phi(u \mid c)` and implement four hooks on the
+    standardised space: :meth:`_loss` (the training loss of a minibatch), :meth:`_sample`,
+    :meth:`_log_prob` and :meth:`_network_config` (with :meth:`_network_options`, its inverse,
+    for :meth:`load`). Everything else is here: site discovery, transforms, standardisation,
+    embedding, :meth:`simulate`, :meth:`fit`, :meth:`sample`, :meth:`log_prob`, :meth:`save`
+    and :meth:`load`.
+
+    Arguments:
+        model: A Pyro model. Its observed sites are drawn too: the model runs under
+            :func:`pyro.poutine.uncondition`.
+        observed: The names of the sites to condition on (the simulator's outputs); sites the
+            model observes itself (``obs=`` given) are added. By default, only those.
+        embedding: An optional network applied to the standardised observations, trained
+            jointly. It receives the observation shaped ``[batch, *site.shape]`` when one site
+            is observed, else the flattened concatenation ``[batch, D]``, and returns
+            ``[batch, C]``.
+        args: Positional arguments of the model.
+        kwargs: Keyword arguments of the model.
+
+    Attributes:
+        observed: The observed site names, in order.
+        latent_sites: The latent :class:`~condgen.Site` objects, by name.
+        observed_sites: The observed :class:`~condgen.Site` objects, by name.
+        training_losses: The mean training loss of each epoch of :meth:`fit`.
+        validation_losses: The validation loss after each epoch of :meth:`fit`.
+
+    Raises:
+        ValueError: If ``observed`` names a site the model does not have, leaves no latent
+            site, the model observes nothing, a latent site is discrete, or the model cannot
+            be vectorised.
+    """
+
+    label: ClassVar[str] = "estimator"
+    r"""The estimator's short name, in messages and in its file format."""
+    fit_defaults: ClassVar[dict[str, Any]] = {
+        "max_epochs": 1000,
+        "batch_size": 100,
+        "lr": 1e-3,
+        "patience": 20,
+        "lr_decay": 0.5,
+        "ema": 0.99,
+        "clip": 5.0,
+    }
+    r"""The defaults of the training options of :meth:`fit` that are None there."""
+    version: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        model: Callable,
+        observed: Sequence[str] | str | None = None,
+        *,
+        embedding: nn.Module | None = None,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.args, self.kwargs = tuple(args), dict(kwargs or {})
+        example = f"{self.label}(model, observed=['y'])"
+        self.observed = observed_names(model, observed, self.args, self.kwargs, example)
+        self._problem = Problem(poutine.uncondition(model), args=self.args, kwargs=self.kwargs)
+        sites = self._problem.latent_sites
+        self.observed_sites: dict[str, Site] = {n: sites[n] for n in self.observed}
+        self.latent_sites: dict[str, Site] = {
+            n: s for n, s in sites.items() if n not in self.observed
+        }
+        if not self.latent_sites:
+            raise ValueError(
+                f"observed={list(self.observed)} leaves no latent site to infer; the model's "
+                f"sites are {list(sites)}"
+            )
+        self._unconstrained = UnconstrainedSites(self.latent_sites, self.label)
+        self.latent_features = self._unconstrained.features
+        shapes = [tuple(s.shape) for s in self.observed_sites.values()]
+        self.observation_features = sum(math.prod(s) for s in shapes)
+        self._embedding_shape = shapes[0] if len(shapes) == 1 else (self.observation_features,)
+        self.register_buffer("latent_loc", torch.zeros(self.latent_features))
+        self.register_buffer("latent_scale", torch.ones(self.latent_features))
+        self.register_buffer("observation_loc", torch.zeros(self.observation_features))
+        self.register_buffer("observation_scale", torch.ones(self.observation_features))
+        self.register_buffer("num_simulations", torch.zeros((), dtype=torch.long))
+        self.embedding = embedding
+        self.training_losses: list[float] = []
+        self.validation_losses: list[float] = []
+
+    # ------------------------------------------------------------------------------- hooks
+
+    @abc.abstractmethod
+    def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
+        r"""The mean training loss of standardised latents ``u`` ``[B, K]`` given contexts
+        ``[B, C]``; random draws (if any) come from ``generator`` when it is given."""
+
+    @abc.abstractmethod
+    def _sample(self, context: Tensor, num_samples: int) -> Tensor:
+        r"""Draws ``[num_samples, K]`` of the standardised latents given one context ``[C]``."""
+
+    @abc.abstractmethod
+    def _log_prob(self, u: Tensor, context: Tensor) -> Tensor:
+        r"""The log-density of standardised latents ``[*batch, K]`` given contexts
+        ``[*batch, C]``, shaped ``batch``."""
+
+    @abc.abstractmethod
+    def _network_config(self) -> dict[str, Any]:
+        r"""The plain configuration of the network, saved by :meth:`save`."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _network_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        r"""The keyword arguments of the constructor that rebuild the saved network."""
+
+    @property
+    def nfe(self) -> int:
+        r"""The number of network evaluations of one call of :meth:`sample`."""
+        return 1
+
+    @property
+    def trained(self) -> bool:
+        r"""Whether :meth:`fit` has run (or trained weights were loaded)."""
+        return int(self.num_simulations) > 0
+
+    def _check_trained(self) -> None:
+        if not self.trained:
+            raise ValueError(
+                f"this {self.label} estimator is untrained: call "
+                f"{self.label.lower()}.fit(num_simulations=...)"
+            )
+
+    def _context_features(self) -> int:
+        r"""The size of the network's context: the observations' or the embedding's output."""
+        if self.embedding is None:
+            return self.observation_features
+        x = self._flat_observations(self._problem.sample_prior(2))
+        with torch.no_grad():
+            training = self.embedding.training
+            self.embedding.eval()
+            try:
+                out = self._embed(x)
+            except Exception as error:
+                shape = (2, *self._embedding_shape)
+                message = f"the embedding network failed on observations shaped {shape}: {error}"
+                raise ValueError(message) from error
+            finally:
+                self.embedding.train(training)
+        if out.dim() != 2 or out.shape[0] != 2:
+            raise ValueError(
+                f"the embedding network must return [batch, features], got {tuple(out.shape)} "
+                f"for a batch of 2"
+            )
+        return out.shape[-1]
+
+    # ---------------------------------------------------------------------------- encoding
+
+    def _flat_observations(self, x: Mapping[str, Any]) -> Tensor:
+        r"""The observed sites flattened and concatenated, ``[*batch, D]`` (not standardised)."""
+        return flatten_observations(self.observed_sites, x, self.latent_sites, self.latent_loc)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        r"""The context of the network from flat observations ``[*batch, D]``: the
+        standardised observations, through the embedding network if there is one (which
+        receives one observed site in its shape, or several flat)."""
+        x = (x - self.observation_loc) / self.observation_scale
+        if self.embedding is None:
+            return x
+        batch = x.shape[:-1]
+        out = self.embedding(x.reshape(-1, *self._embedding_shape))
+        return out.reshape(*batch, out.shape[-1])
+
+    # -------------------------------------------------------------------------- simulation
+
+    def simulate(self, num_simulations: int, *, seed: int | None = None) -> dict[str, Tensor]:
+        r"""Draws :math:`(\theta_i, x_i) \sim p(\theta) p(x \mid \theta)` from the model.
+
+        The model runs under a particle plate (vectorised), in batches of 10,000.
+
+        Arguments:
+            num_simulations: The number :math:`N` of simulations.
+            seed: If given, the draws are reproducible and the global random state is left
+                alone.
+
+        Returns:
+            Every latent and observed site, each shaped ``[N, *site.shape]``.
+        """
+        if not isinstance(num_simulations, int) or num_simulations < 1:
+            raise ValueError(
+                f"num_simulations must be a positive integer, got {num_simulations!r}"
+            )
+        with seeded(seed, self._problem.device):
+            chunks = [
+                self._problem.sample_prior(min(_SIMULATION_BATCH, num_simulations - start))
+                for start in range(0, num_simulations, _SIMULATION_BATCH)
+            ]
+        names = [*self.latent_sites, *self.observed_sites]
+        return {n: torch.cat([c[n] for c in chunks]) for n in names}
+
+    # ---------------------------------------------------------------------------- training
+
+    def fit(
+        self,
+        num_simulations: int = 10_000,
+        *,
+        simulations: Mapping[str, Tensor] | None = None,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        validation_fraction: float = 0.1,
+        patience: int | None = None,
+        lr_decay: float | None = None,
+        ema: float | None = None,
+        clip: float | None = None,
+        progress: bool = True,
+        seed: int | None = None,
+    ) -> list[float]:
+        r"""Simulates the model and trains the network on the simulations, with early stopping.
+
+        The simulations are mapped to the standardised unconstrained space of the class
+        docstring; the standardisation (mean and standard deviation of the training
+        simulations) is fixed by the first call of :meth:`fit`, later calls refine the same
+        estimator. A fraction ``validation_fraction`` is held out, and the network is trained
+        by :func:`~condgen.amortized.training.train`: Adam over minibatches, a moving average
+        of the weights, a learning rate that decays and early stopping on the validation loss,
+        keeping the averaged weights of the lowest validation loss.
+
+        Options left None take the estimator's defaults, :attr:`fit_defaults`.
+
+        Arguments:
+            num_simulations: The number :math:`N` of simulations.
+            simulations: Simulations to train on instead (e.g. from :meth:`simulate`): every
+                latent and observed site, shaped ``[N, *site.shape]``.
+            max_epochs: The maximum number of epochs.
+            batch_size: The minibatch size.
+            lr: Adam's learning rate.
+            validation_fraction: The fraction of simulations held out, in :math:`(0, 1)`.
+            patience: Epochs without improvement of the validation loss before stopping.
+            lr_decay: The factor that multiplies the learning rate after ``patience // 4``
+                epochs without improvement (1 keeps it constant).
+            ema: The decay :math:`\beta` of the moving average of the weights, or 0 to
+                validate and keep the raw weights.
+            clip: The maximum gradient norm, or 0 not to clip.
+            progress: Whether to show a progress bar.
+            seed: Seeds the simulations, the split, the minibatches and the loss's noise (the
+                initial weights are drawn when the estimator is made); the global random state
+                is left alone.
+
+        Returns:
+            The mean training loss of each epoch (also in :attr:`training_losses`; the
+            validation losses are in :attr:`validation_losses`).
+
+        Raises:
+            ValueError: For bad options or simulations, or when fewer than 2 finite
+                simulations remain.
+            FloatingPointError: If the training loss becomes NaN or infinite.
+        """
+        given = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr}
+        given |= {"patience": patience, "lr_decay": lr_decay, "ema": ema, "clip": clip}
+        options = training_options(self.fit_defaults, given, validation_fraction)
+        if simulations is None:
+            simulations = self.simulate(num_simulations, seed=seed)
+        theta, x = self._training_data(simulations)
+        with seeded(seed, theta.device):
+            rest, valid = split(len(theta), validation_fraction, theta.device)
+            if not self.trained:
+                self.latent_loc, self.latent_scale = standardisation(theta[rest])
+                self.observation_loc, self.observation_scale = standardisation(x[rest])
+            training, validation = train(
+                self, self._objective, theta, x, rest, valid, label=self.label,
+                progress=progress, **options,
+            )  # fmt: skip
+        self.num_simulations.fill_(int(self.num_simulations) + len(theta))
+        self.training_losses += training
+        self.validation_losses += validation
+        return training
+
+    def _training_data(self, simulations: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        r"""The finite simulations as unconstrained latents ``[N, K]``, flat observations
+        ``[N, D]``."""
+        observations = {n: v for n, v in simulations.items() if n in self.observed_sites}
+        with torch.no_grad():
+            theta, _ = self._unconstrained.pack(simulations, self.latent_loc)
+            return finite_simulations(theta, self._flat_observations(observations))
+
+    def _objective(self, theta: Tensor, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        r"""The loss of unconstrained latents and flat observations (standardised here)."""
+        u = (theta - self.latent_loc) / self.latent_scale
+        return self._loss(u, self._embed(x), generator)
+
+    # ---------------------------------------------------------------------------- inference
+
+    def sample(self, x: Mapping[str, Any] | Tensor, num_samples: int) -> dict[str, Tensor]:
+        r"""Draws from the estimated posterior :math:`q(\theta \mid x)` of one observation.
+
+        Arguments:
+            x: The observation: a dict by observed site name, or a tensor when one site is
+                observed, shaped as the simulations of each site.
+            num_samples: The number of draws.
+
+        Returns:
+            Draws of every latent site (constrained), each shaped ``[num_samples,
+            *site.shape]``.
+
+        Raises:
+            ValueError: If the estimator is untrained or the observation does not fit.
+        """
+        self._check_trained()
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        x = observation(self.observed_sites, x, self.latent_sites, self.latent_loc, self.label)
+        if x.dim() != 1:
+            raise ValueError(
+                f"sample takes one observation, got a batch {tuple(x.shape[:-1])} of them"
+            )
+        with torch.no_grad():
+            u = self._sample(self._embed(x), num_samples)
+            return self._unconstrained.unpack(u * self.latent_scale + self.latent_loc)
+
+    def log_prob(self, values: Mapping[str, Tensor], x: Mapping[str, Any] | Tensor) -> Tensor:
+        r"""The estimated posterior log-density :math:`\log q(\theta \mid x)` of constrained
+        latent values (with the Jacobian of the unconstrained map, see the class docstring).
+
+        Arguments:
+            values: Latent values by site, each shaped ``[*batch, *site.shape]``.
+            x: The observation (as in :meth:`sample`), or a batch of them whose batch shape
+                broadcasts with the values'.
+
+        Returns:
+            The log-densities, shaped ``[*batch]``; differentiable in the values.
+        """
+        self._check_trained()
+        z, log_det = self._unconstrained.pack(values, self.latent_loc)
+        context = self._embed(
+            observation(self.observed_sites, x, self.latent_sites, self.latent_loc, self.label)
+        )
+        u = (z - self.latent_loc) / self.latent_scale
+        if context.dim() > 1:
+            batch = torch.broadcast_shapes(u.shape[:-1], context.shape[:-1])
+            u = u.expand(*batch, u.shape[-1])
+            context = context.expand(*batch, context.shape[-1])
+        log_q = self._log_prob(u, context)
+        return log_q - self.latent_scale.log().sum() - log_det
+
+    # ---------------------------------------------------------------------------- save/load
+
+    def save(self, path: str | os.PathLike) -> None:
+        r"""Saves the estimator atomically, as plain configuration and tensors only (no
+        pickled code): read it back with :meth:`load`.
+
+        The file holds ``{"format": "condgen-<label>", "version": 1, "config": {...},
+        "state_dict": {...}}``: the observed site names, the network's configuration, the
+        site shapes, the loss histories, and the weights and standardisation buffers.
+
+        Example:
+            >>> import condgen
+            >>> from condgen.infer import NPE
+            >>> task = condgen.evaluate.TwoMoons()
+            >>> estimator = NPE(task.model, observed=["x"], transforms=1)
+            >>> losses = estimator.fit(num_simulations=200, max_epochs=1, progress=False)
+            >>> estimator.save("npe.pt")
+            >>> loaded = NPE.load("npe.pt", task.model)
+            >>> loaded.sample(task.data, 10)["theta"].shape
+            torch.Size([10, 2])
+        """
+        save_estimator(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: Callable,
+        *,
+        embedding: nn.Module | None = None,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+        map_location: str | torch.device | None = None,
+    ) -> PosteriorEstimator:
+        r"""Loads an estimator saved by :meth:`save`, for the same model.
+
+        The file is read with ``torch.load(weights_only=True)``, which refuses pickled code;
+        the estimator is rebuilt from its configuration for ``model`` (which the file does not
+        hold), after checking that the model has the saved sites and shapes.
+
+        Arguments:
+            path: The file.
+            model: The Pyro model the estimator was trained for.
+            embedding: An instance of the embedding network, when one was saved (its weights
+                are loaded into it).
+            args: Positional arguments of the model.
+            kwargs: Keyword arguments of the model.
+            map_location: As in :func:`torch.load`.
+
+        Raises:
+            ValueError: If the file is not a file of this estimator, or does not match the
+                model or the embedding.
+        """
+        return load_estimator(cls, path, model, embedding, args, kwargs, map_location)
+
+    def extra_repr(self) -> str:
+        latent = ", ".join(f"{n}{list(s.shape)}" for n, s in self.latent_sites.items())
+        observed = ", ".join(f"{n}{list(s.shape)}" for n, s in self.observed_sites.items())
+        return (
+            f"latent=[{latent}], observed=[{observed}], "
+            f"num_simulations={int(self.num_simulations)}"
+        )

@@ -1,0 +1,151 @@
+r"""The shared base of the posterior estimators that are conditional path priors: FMPE and
+NPSE."""
+
+from __future__ import annotations
+
+__all__ = ["PathEstimator"]
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..priors.nets import MLP
+from ..priors.path import DiffusionPrior
+from ..priors.samplers import SAMPLERS
+from ..priors.training import path_loss
+from .estimator import PosteriorEstimator
+
+
+class PathEstimator(PosteriorEstimator):
+    r"""A posterior estimator that is a conditional path prior :math:`p_\phi(u \mid c)` of
+    :mod:`condgen.priors` (the shared base of :class:`~condgen.infer.FMPE` and
+    :class:`~condgen.infer.NPSE`).
+
+    Along the Gaussian path :math:`u_t = \alpha_t u + \sigma_t \epsilon` of standardised
+    unconstrained latents :math:`u` (see :class:`~condgen.amortized.PosteriorEstimator`),
+    a residual :class:`~condgen.priors.nets.MLP` :math:`v_\phi(u_t, t, c)`, whose context
+    :math:`c` is the standardised (optionally embedded) observation, is regressed on the
+    conditional velocity :math:`\dot\alpha_t u + \dot\sigma_t \epsilon`; its minimiser is the
+    probability-flow velocity of :math:`p_t(u_t \mid c)`, from which the denoiser and the
+    score follow (see :class:`~condgen.priors.Schedule`). Times are drawn as
+    :math:`t = t_\text{min} + (1 - t_\text{min}) \, w^{k}`, :math:`w \sim \mathcal{U}(0, 1)`,
+    with density :math:`\propto (t - t_\text{min})^{1/k - 1}`: ``time_power`` :math:`k > 1`
+    favours the data end :math:`t \to 0`, where the thin features of a posterior are made.
+
+    Draws integrate the probability-flow ODE from :math:`t = 1` with the priors' samplers
+    (Heun by default); :meth:`log_prob` solves the same ODE with an adaptive solver and the
+    instantaneous change of variables (:func:`~condgen.priors.ode_log_prob`), then adds the
+    standardisation and the unconstrained map's Jacobian. Both are deterministic functions of
+    the network, but approximate ones: the draws carry the sampler's discretisation error,
+    and the log-density is that of the ODE's flow, which equals the model's marginal only
+    when the network is exact.
+
+    Arguments:
+        model, observed, embedding, args, kwargs: See
+            :class:`~condgen.amortized.PosteriorEstimator`.
+        hidden: The widths of the MLP's hidden layers.
+        time_embedding: The number of sinusoidal time features of the MLP (and the size of
+            its context embedding).
+        sampler: The sampler of :meth:`sample`: ``"heun"``, ``"euler"``, ``"ddim"`` or
+            ``"ddpm"``.
+        steps: The number of sampler steps.
+        time_power: The exponent :math:`k` of the time distribution.
+    """
+
+    path_defaults: ClassVar[dict[str, Any]]
+    r"""The defaults of ``steps`` and ``time_power``."""
+    fit_defaults: ClassVar[dict[str, Any]] = {
+        "max_epochs": 1000,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "patience": 30,
+        "lr_decay": 0.5,
+        "ema": 0.995,
+        "clip": 1.0,
+    }
+
+    def __init__(
+        self,
+        model: Callable,
+        observed: Sequence[str] | str | None = None,
+        *,
+        embedding: nn.Module | None = None,
+        hidden: Sequence[int] = (256, 256, 256),
+        time_embedding: int = 64,
+        sampler: str = "heun",
+        steps: int | None = None,
+        time_power: float | None = None,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ):
+        steps = self.path_defaults["steps"] if steps is None else steps
+        time_power = self.path_defaults["time_power"] if time_power is None else time_power
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {list(SAMPLERS)}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not time_power > 0:
+            raise ValueError(f"time_power must be positive, got {time_power!r}")
+        super().__init__(model, observed, embedding=embedding, args=args, kwargs=kwargs)
+        self.network = MLP(
+            self.latent_features,
+            context=self._context_features(),
+            hidden=hidden,
+            time_embedding=time_embedding,
+        )
+        self.prior = self._prior(self.network, sampler, steps)
+        self.time_power = float(time_power)
+        self.eval()
+
+    @abc.abstractmethod
+    def _prior(self, network: nn.Module, sampler: str, steps: int) -> DiffusionPrior:
+        r"""The conditional path prior around the network."""
+
+    @property
+    def nfe(self) -> int:
+        per_step = 2 if self.prior.sampler == "heun" else 1
+        return per_step * self.prior.steps + 1
+
+    def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
+        schedule = self.prior.schedule
+        options = {"generator": generator, "device": u.device, "dtype": u.dtype}
+        t_min = max(schedule.t_min, 1e-5)
+        t = t_min + (1 - t_min) * torch.rand(len(u), **options) ** self.time_power
+        eps = torch.randn(u.shape, **options)
+        network = partial(self.network, context=context)
+        return path_loss(schedule, self.prior.prediction, network, u, t, eps)
+
+    def _sample(self, context: Tensor, num_samples: int) -> Tensor:
+        return self.prior.given(context).sample((num_samples,))
+
+    def _log_prob(self, u: Tensor, context: Tensor) -> Tensor:
+        return self.prior.given(context).log_prob(u)
+
+    def _network_config(self) -> dict[str, Any]:
+        return {
+            "network": dict(self.network.config),
+            "sampler": self.prior.sampler,
+            "steps": self.prior.steps,
+            "time_power": self.time_power,
+        }
+
+    @classmethod
+    def _network_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        network = config["network"]
+        return {
+            "hidden": list(network["hidden"]),
+            "time_embedding": network["time_embedding"],
+            "sampler": config["sampler"],
+            "steps": config["steps"],
+            "time_power": config["time_power"],
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, hidden={self.network.config['hidden']}, "
+            f"sampler={self.prior.sampler!r}, steps={self.prior.steps}"
+        )
