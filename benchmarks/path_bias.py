@@ -36,8 +36,8 @@ from torch import Tensor
 
 import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem
-from condgen.priors.samplers import ancestral_step
 from condgen.priors import GaussianMixturePrior
+from condgen.priors.samplers import ancestral_step
 
 SECTION = "Mode masses at a low-dimensional observation"
 
