@@ -47,8 +47,9 @@ class NPSE(PathEstimator):
     linear task; the measurements are in ``docs/benchmarks.md``.
 
     Arguments:
-        model, observed, embedding, hidden, time_embedding, sampler, steps, time_power, args,
-            kwargs: See :class:`~condgen.amortized.PathEstimator`.
+        model, observed, embedding, hidden: See :class:`~condgen.amortized.PathEstimator`.
+        time_embedding, sampler, steps, time_power: See the same.
+        args, kwargs: See the same.
 
     Example:
         >>> import condgen
