@@ -56,7 +56,7 @@ def _normal(site: dict) -> dist.Normal | None:
     if handled or not bool(torch.as_tensor(site.get("scale", 1.0)).eq(1).all()):
         return None
     fn = site["fn"]
-    while fn is not base_distribution(fn):
+    while isinstance(fn, dist.Independent | dist.MaskedDistribution | dist.ExpandedDistribution):
         if isinstance(fn, dist.MaskedDistribution) and not bool(torch.as_tensor(fn._mask).all()):
             return None
         fn = fn.base_dist
