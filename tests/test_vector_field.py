@@ -151,11 +151,15 @@ def test_calibration(linear):
 
 
 def test_training_history(linear):
+    """One training and one validation loss per epoch; the validation loss (its noise drawn
+    from a fixed generator, so that it differs between epochs by the weights only) falls.
+    The training loss is not compared between epochs: NPSE's draws a new time and noise per
+    simulation, and its epoch means scatter by about 0.2 around a nearly flat trend here."""
     _, estimator = linear
     assert len(estimator.training_losses) == len(estimator.validation_losses) > 0
+    assert all(math.isfinite(v) for v in estimator.training_losses)
     assert estimator.trained and int(estimator.num_simulations) == 5000
-    assert min(estimator.validation_losses) < estimator.validation_losses[0]
-    assert estimator.training_losses[-1] < estimator.training_losses[0]
+    assert min(estimator.validation_losses) < estimator.validation_losses[0] - 0.1
 
 
 # ---------------------------------------------------------------------------- structure

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from .._random import seeded
+from .._training import Trainer, shuffled
 from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
-from .sites import UnconstrainedSites, flatten_observations, observation, observed_names
-from .training import finite_simulations, split, standardisation, train, training_options
+from .sites import flatten_observations, observation
+from .training import finite_simulations, split, standardisation, training_options
 
 _SIMULATION_BATCH = 10_000
 
@@ -105,8 +106,8 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         self.model = model
         self.args, self.kwargs = tuple(args), dict(kwargs or {})
         example = f"{self.label}(model, observed=['y'])"
-        self.observed = observed_names(model, observed, self.args, self.kwargs, example)
         self._problem = Problem(poutine.uncondition(model), args=self.args, kwargs=self.kwargs)
+        self.observed = self._problem.observation_sites(observed, example)
         sites = self._problem.latent_sites
         self.observed_sites: dict[str, Site] = {n: sites[n] for n in self.observed}
         self.latent_sites: dict[str, Site] = {
@@ -117,7 +118,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 f"observed={list(self.observed)} leaves no latent site to infer; the model's "
                 f"sites are {list(sites)}"
             )
-        self._unconstrained = UnconstrainedSites(self.latent_sites, self.label)
+        self._unconstrained = self._problem.unconstrained(self.latent_sites, self.label)
         self.latent_features = self._unconstrained.features
         shapes = [tuple(s.shape) for s in self.observed_sites.values()]
         self.observation_features = sum(math.prod(s) for s in shapes)
@@ -264,9 +265,10 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         docstring; the standardisation (mean and standard deviation of the training
         simulations) is fixed by the first call of :meth:`fit`, later calls refine the same
         estimator. A fraction ``validation_fraction`` is held out, and the network is trained
-        by :func:`~condgen.amortized.training.train`: Adam over minibatches, a moving average
-        of the weights, a learning rate that decays and early stopping on the validation loss,
-        keeping the averaged weights of the lowest validation loss.
+        by condgen's one trainer (``condgen._training.Trainer``, the loop of the priors too):
+        AdamW over shuffled minibatches, a moving average of the weights, a learning rate that
+        decays and early stopping on the validation loss, keeping the averaged weights of the
+        lowest validation loss.
 
         Options left None take the estimator's defaults, :attr:`fit_defaults`.
 
@@ -309,14 +311,23 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             if not self.trained:
                 self.latent_loc, self.latent_scale = standardisation(theta[rest])
                 self.observation_loc, self.observation_scale = standardisation(x[rest])
-            training, validation = train(
-                self, self._objective, theta, x, rest, valid, label=self.label,
-                progress=progress, **options,
+            trainer = Trainer(
+                self, lr=options["lr"], clip=options["clip"], ema=options["ema"], warmup=False,
+                label=self.label,
             )  # fmt: skip
+            history = trainer.fit(
+                lambda i, generator: self._objective(theta[i], x[i], generator),
+                shuffled(rest, min(options["batch_size"], len(rest))),
+                epochs=options["max_epochs"],
+                validation=valid,
+                patience=options["patience"],
+                lr_decay=options["lr_decay"],
+                progress=progress,
+            )
         self.num_simulations.fill_(int(self.num_simulations) + len(theta))
-        self.training_losses += training
-        self.validation_losses += validation
-        return training
+        self.training_losses += history.epochs
+        self.validation_losses += history.validation
+        return history.epochs
 
     def _training_data(self, simulations: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         r"""The finite simulations as unconstrained latents ``[N, K]``, flat observations

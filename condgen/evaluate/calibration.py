@@ -280,32 +280,6 @@ class Calibration:
 # ------------------------------------------------------------------------- simulations
 
 
-def _observed_names(
-    problem: Problem, observed: Sequence[str] | Mapping[str, Any] | str | None
-) -> tuple[str, ...]:
-    r"""The named observed sites and those the model observes itself (``obs=`` given), in
-    order.
-
-    Raises:
-        ValueError: If a name is not a sample site of the model, or nothing is observed.
-    """
-    names = [observed] if isinstance(observed, str) else list(observed or [])
-    samples = [*problem.latent_sites, *problem.observed_sites]
-    unknown = [name for name in names if name not in samples]
-    if unknown:
-        raise ValueError(
-            f"observed has {unknown}, which are not sample sites of the model; its sample "
-            f"sites are {samples}"
-        )
-    observed = tuple(dict.fromkeys([*names, *problem.observed_sites]))
-    if not observed:
-        raise ValueError(
-            "the model observes no site by itself: name the sites to simulate and condition "
-            "on, e.g. observed=['y'] (or observed=data, a data dict)"
-        )
-    return observed
-
-
 def calibration(
     model: Callable,
     method: str | Method = "nuts",
@@ -406,7 +380,9 @@ def calibration(
 
     with seeded(int(seed)):  # tracing draws from the prior: keep the caller's random state
         problem = Problem(model, None, args, kwargs)
-    observed = _observed_names(problem, observed)
+    observed = problem.observation_sites(
+        observed, "observed=['y'] (or observed=data, a data dict)"
+    )
     latent = [name for name in problem.latent_sites if name not in observed]
     if isinstance(sites, str):
         sites = [sites]

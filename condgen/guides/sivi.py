@@ -9,13 +9,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from .._particles import sum_per_particle, vectorized
 from .latents import ImplicitLatent, SemiImplicitLatent
 
 _PARTICLES = "_condgen_objective_particles"
@@ -94,14 +94,9 @@ class _ParticleObjective(ELBO):
         if math.isinf(self.max_plate_nesting):
             self.max_plate_nesting = _max_plate_nesting(model, guide, args, kwargs)
         num_particles = self.num_particles if num_particles is None else num_particles
-        dim = -self.max_plate_nesting - 1
 
         def particles(fn: Callable) -> Callable:
-            def vectorized(*args: Any, **kwargs: Any) -> Any:
-                with pyro.plate(_PARTICLES, num_particles, dim=dim):
-                    return fn(*args, **kwargs)
-
-            return vectorized
+            return vectorized(fn, num_particles, self.max_plate_nesting, _PARTICLES)
 
         if latent is not None:
             guide = poutine.condition(guide, latent)
@@ -115,16 +110,7 @@ class _ParticleObjective(ELBO):
 
     def _sum(self, trace: poutine.Trace, names: list[str], num_particles: int) -> Tensor:
         r"""The log-densities of the sites ``names``, summed per particle: ``[num_particles]``."""
-        particle_dim = int(self.max_plate_nesting) + 1
-        total = torch.zeros(())
-        for name in names:
-            log_prob = trace.nodes[name]["log_prob"]
-            if log_prob.dim() < particle_dim:  # the same for every particle
-                total = total + log_prob.sum()
-            else:
-                start = log_prob.dim() - particle_dim + 1
-                total = total + log_prob.reshape(*log_prob.shape[:start], -1).sum(-1)
-        return torch.broadcast_to(total.reshape(-1), (num_particles,))
+        return sum_per_particle(trace, names, num_particles, int(self.max_plate_nesting))
 
     def _log_density(
         self,

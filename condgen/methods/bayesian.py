@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..infer import KernelSIVI
 from ..posterior import Posterior
-from ..problem import Problem, _is_neural
+from ..problem import Problem, is_neural
 from .base import Method, register
 from .guide_names import GUIDES, build_guide
 
@@ -49,7 +49,7 @@ def init_generative_to_sample(site: dict | None = None):
     """
     if site is None:
         return init_generative_to_sample
-    if _is_neural(site["fn"]):
+    if is_neural(site["fn"]):
         return autoguides.init_to_sample(site)
     return autoguides.init_to_uniform(site)
 

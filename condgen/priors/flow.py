@@ -6,15 +6,13 @@ from __future__ import annotations
 __all__ = ["FLOWS", "FlowPrior", "build_flow"]
 
 import copy
-import math
 from typing import Any
 
 import torch
 import zuko
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from .._optim import adamw
+from .._training import Trainer, with_replacement
 from .base import Prior
 from .encoding import context_state, module_entry, prefixed
 
@@ -343,34 +341,17 @@ class FlowPrior(Prior):
         self.flow.to(device=data.device, dtype=data.dtype)
         if self.context is not None:
             self.context = self.context.to(data)
-        parameters = [p for p in self.flow.parameters() if p.requires_grad]
-        optimizer = adamw(parameters, lr=lr, weight_decay=weight_decay)
-        n, batch_size = data.shape[0], min(batch_size, data.shape[0])
-        losses: list[float] = []
-        self.flow.train()
-        try:
-            with tqdm(range(steps), desc="FlowPrior", disable=not progress) as bar:
-                for step in bar:
-                    index = torch.randint(0, n, (batch_size,), device=data.device)
-                    c = None if context is None else context[index]
-                    loss = -self.flow(c).log_prob(data[index]).mean()
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"the loss is {value} at step {step} of {steps}: lower lr, clip "
-                            f"gradients harder or standardise the data"
-                        )
-                    optimizer.zero_grad()
-                    loss.backward()
-                    if clip is not None:
-                        nn.utils.clip_grad_norm_(parameters, clip)
-                    optimizer.step()
-                    losses.append(value)
-                    if step % 10 == 0 or step == steps - 1:
-                        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        finally:
-            self.flow.eval()
-        return losses
+
+        def loss(index: Tensor, generator: torch.Generator | None) -> Tensor:
+            c = None if context is None else context[index]
+            return -self.flow(c).log_prob(data[index]).mean()
+
+        trainer = Trainer(
+            self.flow, lr=lr, weight_decay=weight_decay, clip=clip, label="FlowPrior"
+        )
+        batches = with_replacement(len(data), min(batch_size, len(data)), steps, None, data.device)
+        self.flow.eval()  # the mode the trainer restores
+        return trainer.fit(loss, batches, progress=progress).steps
 
     def __repr__(self) -> str:
         config = self.config

@@ -5,16 +5,14 @@ from __future__ import annotations
 __all__ = ["SNR_CLIP", "fit_path_prior", "path_loss"]
 
 import inspect
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from .._optim import adamw
+from .._training import Trainer, with_replacement
 from .schedules import Schedule
 
 SNR_CLIP = 100.0
@@ -49,17 +47,6 @@ def _check_finite(name: str, x: Tensor) -> None:
                 f"{name} has {bad} NaN or infinite entries (of {x.numel()}); remove or impute "
                 f"them before training"
             )
-
-
-def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
-    r"""Scales the gradients so that their global norm is at most ``max_norm``; the same as
-    ``nn.utils.clip_grad_norm_`` for parameters on one device and dtype, without its grouping
-    overhead."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        with torch.no_grad():
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
 
 
 def path_loss(
@@ -204,9 +191,6 @@ def fit_path_prior(
         raise TypeError(
             f"training needs the prior's network to be an nn.Module, got {type(network)}"
         )
-    params = [p for p in network.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the prior's network has no trainable parameters")
     if not isinstance(data, Tensor) or not data.is_floating_point():
         raise ValueError("data must be a floating-point tensor shaped [N, *event_shape]")
     event_shape = tuple(prior.event_shape)
@@ -222,9 +206,6 @@ def fit_path_prior(
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     if not 0.0 <= context_dropout <= 1.0:
         raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
-    ema = ema or 0.0
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"ema must be in [0, 1), got {ema}")
     device, dtype = data.device, data.dtype
     if context is not None:
         context = torch.as_tensor(context, device=device)
@@ -243,10 +224,6 @@ def fit_path_prior(
     schedule, prediction = prior.schedule, prior.prediction
     t_min = max(schedule.t_min, 1e-5)
     accepts_drop = context is not None and _accepts_drop(network)
-    optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
-    averages = [p.detach().clone() for p in params] if ema > 0 else None
-    was_training = network.training
-    network.train()
 
     def forward(x_t: Tensor, t: Tensor, c: Tensor | None, drop: Tensor | None) -> Tensor:
         if c is None:
@@ -264,45 +241,18 @@ def fit_path_prior(
             outputs.append(network(x_t[kept:], t[kept:]))
         return torch.cat(outputs)
 
-    def options(**kwargs):
-        return {"generator": generator, "device": device, **kwargs}
+    def loss(index: Tensor, generator: torch.Generator | None) -> Tensor:
+        options = {"generator": generator, "device": device, "dtype": dtype}
+        x = data[index]
+        t = t_min + (1 - t_min) * torch.rand(len(x), **options)
+        eps = torch.randn(x.shape, **options)
+        c = drop = None
+        if context is not None:
+            c = context[index]
+            if context_dropout > 0:
+                drop = torch.rand(len(x), generator=generator, device=device) < context_dropout
+        return path_loss(schedule, prediction, partial(forward, c=c, drop=drop), x, t, eps)
 
-    history: list[float] = []
-    try:
-        with tqdm(range(steps), disable=not progress, desc="fit", unit="step") as bar:
-            for step in bar:
-                index = torch.randint(len(data), (batch_size,), **options())
-                x = data[index]
-                t = t_min + (1 - t_min) * torch.rand(batch_size, **options(dtype=dtype))
-                eps = torch.randn(x.shape, **options(dtype=dtype))
-                c = drop = None
-                if context is not None:
-                    c = context[index]
-                    if context_dropout > 0:
-                        drop = torch.rand(batch_size, **options()) < context_dropout
-                loss = path_loss(schedule, prediction, partial(forward, c=c, drop=drop), x, t, eps)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the training loss became {value} at step {step} (of {steps}); lower "
-                        f"the learning rate (lr={lr}) or check the data's scale"
-                    )
-                history.append(value)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip:
-                    _clip_grad_norm(params, clip)
-                optimizer.step()
-                if averages is not None:
-                    decay = min(ema, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        torch._foreach_lerp_(averages, params, 1 - decay)
-                if progress:
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-    finally:
-        network.train(was_training)
-    if averages is not None:
-        with torch.no_grad():
-            for p, average in zip(params, averages, strict=True):
-                p.copy_(average)
-    return history
+    trainer = Trainer(network, lr=lr, weight_decay=weight_decay, clip=clip, ema=ema, label="fit")
+    batches = with_replacement(len(data), batch_size, steps, generator, device)
+    return trainer.fit(loss, batches, generator=generator, progress=progress).steps

@@ -2,82 +2,29 @@ r"""What condgen learns about a Pyro model by tracing it: sites and a vectorised
 
 from __future__ import annotations
 
-__all__ = ["Problem", "Site"]
+__all__ = ["Problem"]
 
-import math
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
-from torch.distributions import constraints
 
-from ._checks import as_data
-
-_PARTICLES = "_condgen_particles"
-
-
-@dataclass(frozen=True)
-class Site:
-    r"""A sample site of a traced model.
-
-    Attributes:
-        name: The site name.
-        shape: The shape of one value of the site, batch (plate) dimensions included.
-        event_dim: How many trailing dimensions of ``shape`` are event dimensions.
-        support: The support constraint of the site's distribution.
-        distribution: The distribution met at the site in the first trace.
-        neural: Whether the distribution is a condgen neural prior.
-    """
-
-    name: str
-    shape: torch.Size
-    event_dim: int
-    support: constraints.Constraint
-    distribution: dist.Distribution
-    neural: bool = False
-
-    @property
-    def batch_ndim(self) -> int:
-        return len(self.shape) - self.event_dim
-
-    @property
-    def base(self) -> dist.Distribution:
-        r"""The site's distribution unwrapped by :func:`base_distribution`."""
-        return base_distribution(self.distribution)
-
-    @property
-    def discrete(self) -> bool:
-        return bool(getattr(self.support, "is_discrete", False))
-
-
-def base_distribution(fn: dist.Distribution) -> dist.Distribution:
-    r"""``fn`` without the wrappers that only reshape or mask it (:class:`~pyro.distributions.
-    Independent`, :class:`~pyro.distributions.MaskedDistribution`, expansion): for a neural
-    site, the prior itself."""
-    while True:
-        if isinstance(fn, dist.Independent | dist.MaskedDistribution | dist.ExpandedDistribution):
-            fn = fn.base_dist
-        else:
-            return fn
-
-
-def _is_neural(fn: dist.Distribution) -> bool:
-    return bool(getattr(base_distribution(fn), "is_neural_prior", False))
-
-
-def _log_prob_shape(fn: dist.Distribution, value: Tensor, neural: bool) -> torch.Size:
-    r"""The shape of ``fn.log_prob(value)``. A neural prior's follows from its shapes (its
-    log-density solves an ODE); any other distribution is asked."""
-    if neural:
-        return torch.broadcast_shapes(fn.batch_shape, value.shape[: value.dim() - fn.event_dim])
-    with torch.no_grad(), pyro.validation_enabled(False):
-        return fn.log_prob(value).shape
+from .._checks import as_data
+from .._particles import sum_per_particle, vectorized
+from .checks import check_data_keys, check_vectorizable, tracing_failure
+from .sites import (
+    Site,
+    as_observation,
+    check_devices,
+    check_observation,
+    is_neural,
+    log_prob_shape,
+)
+from .unconstrained import UnconstrainedSites
 
 
 class Problem:
@@ -127,13 +74,13 @@ class Problem:
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
-        self.data = {name: _as_observation(name, value) for name, value in as_data(data).items()}
+        self.data = {name: as_observation(name, value) for name, value in as_data(data).items()}
         self.conditioned_model = poutine.condition(model, data=self.data)
 
         trace = self._trace_once()
         sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
-        self._check_data_keys(sites)
-        _check_devices(sites)
+        check_data_keys(self.data, sites)
+        check_devices(sites)
 
         self.latent_sites: dict[str, Site] = {}
         self.observed_sites: dict[str, Site] = {}
@@ -151,22 +98,24 @@ class Problem:
                 event_dim=len(fn.event_shape),
                 support=fn.support,
                 distribution=fn,
-                neural=_is_neural(fn),
+                neural=is_neural(fn),
+                observed_by_model=bool(site["infer"].get("was_observed"))
+                or (site["is_observed"] and site["name"] not in self.data),
             )
             if site["is_observed"]:
-                _check_observation(info, site["value"])
+                check_observation(info, site["value"])
                 self.observations[info.name] = site["value"]
                 self.observed_sites[info.name] = info
             else:
                 self.latent_sites[info.name] = info
-            self._log_prob_shapes[info.name] = _log_prob_shape(fn, site["value"], info.neural)
+            self._log_prob_shapes[info.name] = log_prob_shape(fn, site["value"], info.neural)
         self.max_plate_nesting = max(
             [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized], default=0
         )
         floating = [s["value"] for s in sites if s["value"].is_floating_point()]
         self.device = floating[0].device if floating else torch.device("cpu")
         self.dtype = floating[0].dtype if floating else torch.get_default_dtype()
-        self._check_vectorizable()
+        check_vectorizable(self)
 
     # ----------------------------------------------------------------------------- tracing
 
@@ -176,105 +125,11 @@ class Problem:
             with pyro.validation_enabled(False), torch.no_grad():
                 return prune_subsample_sites(tracer.get_trace(*self.args, **self.kwargs))
         except Exception as error:
-            raise ValueError(self._failure(tracer.msngr.trace, error)) from error
-
-    def _failure(self, partial: poutine.Trace, error: Exception) -> str:
-        r"""Why tracing failed: the error, the last sample site reached, and the sites,
-        observations and arguments whose dtypes or devices disagree."""
-        sites = [s for s in partial.nodes.values() if s["type"] == "sample"]
-        where = f"after sample site '{sites[-1]['name']}'" if sites else "before any sample site"
-        message = f"running the model with the given data failed {where}: "
-        message += f"{type(error).__name__}: {error}"
-        tensors = {f"site '{s['name']}'": s["value"] for s in sites}
-        tensors |= {f"observation '{k}'": v for k, v in self.data.items() if k not in partial}
-        arguments = {**dict(enumerate(self.args)), **self.kwargs}
-        tensors |= {f"argument {k!r}": v for k, v in arguments.items() if isinstance(v, Tensor)}
-        floating = {k: v for k, v in tensors.items() if v.is_floating_point()}
-        for kind, key in (("dtype", lambda v: v.dtype), ("device", lambda v: v.device)):
-            groups: dict[Any, list[str]] = {}
-            for name, value in floating.items():
-                groups.setdefault(str(key(value)), []).append(name)
-            if len(groups) > 1:
-                listing = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items())
-                message += (
-                    f". The model's tensors disagree in {kind} ({listing}): give them one "
-                    f"{kind}, e.g. with prior.to(...) for a condgen prior and .to(...) for "
-                    "the observations and the model's own tensors"
-                )
-        return message
-
-    def _check_data_keys(self, sites: list[dict]) -> None:
-        names = {s["name"] for s in sites}
-        unknown = sorted(set(self.data) - names)
-        if unknown:
-            raise ValueError(
-                f"data has keys {unknown} that are not sample sites of the model; "
-                f"its sample sites are {sorted(names)}"
-            )
-
-    def _check_vectorizable(self) -> None:
-        probe = 2
-        try:
-            with torch.no_grad():
-                trace = self._vectorized_trace(probe, None, self._cheap_sites())
-        except Exception as error:
-            raise ValueError(
-                "the model cannot be vectorised over particles (an outer pyro.plate at dim "
-                f"{-self.max_plate_nesting - 1}): {error}. Declare batch dimensions with "
-                "pyro.plate, event dimensions with .to_event(n), and avoid Python control "
-                "flow on sampled values."
-            ) from error
-        for name, site in self.latent_sites.items():
-            value = trace.nodes[name]["value"]
-            if value.numel() != probe * math.prod(site.shape):
-                raise ValueError(
-                    f"site '{name}' has shape {tuple(value.shape)} under a particle plate of "
-                    f"size {probe}, expected {probe} x {tuple(site.shape)}: the model cannot be "
-                    "vectorised. Declare batch dimensions with pyro.plate and event dimensions "
-                    "with .to_event(n)."
-                )
-        for name in self._cheap_sites():
-            log_prob, shape = trace.nodes[name]["log_prob"], self._log_prob_shapes[name]
-            if log_prob.numel() != probe * math.prod(shape):
-                raise ValueError(
-                    f"the log-density of site '{name}' has shape {tuple(log_prob.shape)} under a "
-                    f"particle plate of size {probe}, expected {probe} x {tuple(shape)}: the "
-                    "model broadcasts a latent value against the wrong dimension. Index from "
-                    "the right (e.g. (X * w).sum(-1) instead of X @ w or w.unsqueeze(-2)), so "
-                    "that extra leading dimensions pass through."
-                )
-        self._check_particles_independent(trace, probe)
-
-    def _check_particles_independent(self, trace: poutine.Trace, probe: int) -> None:
-        # A model can have every shape right and still mix particles (e.g. x.sum() over a
-        # latent without event dimensions): compare with one particle at a time.
-        names = self._cheap_sites()
-        vectorized = self._sum_log_prob(trace, names, probe)
-        values = self._latent_values(trace, probe)
-        for i in range(probe):
-            single = {k: v[i] for k, v in values.items()}
-            with torch.no_grad(), pyro.validation_enabled(False):
-                one = poutine.trace(poutine.condition(self.conditioned_model, single)).get_trace(
-                    *self.args, **self.kwargs
-                )
-                one.compute_log_prob(site_filter=lambda name, site: name in names)
-                expected = sum(one.nodes[n]["log_prob"].sum() for n in names)
-            if not torch.allclose(
-                vectorized[i], torch.as_tensor(expected).to(vectorized), rtol=1e-3, atol=1e-3
-            ):
-                raise ValueError(
-                    "the model gives different log-densities when run for several particles at "
-                    "once than for one at a time: it reduces or broadcasts over a dimension "
-                    "that is not its own. Declare event dimensions with .to_event(n) and batch "
-                    "dimensions with pyro.plate, and reduce over the right-most dimensions only."
-                )
+            raise ValueError(tracing_failure(self, tracer.msngr.trace, error)) from error
 
     def _cheap_sites(self) -> list[str]:
         sites = (*self.latent_sites.values(), *self.observed_sites.values())
         return [site.name for site in sites if not site.neural]
-
-    def _particle_plate(self, num_particles: int) -> pyro.plate:
-        return pyro.plate(_PARTICLES, num_particles, dim=-self.max_plate_nesting - 1)
 
     def _to_vectorized(self, name: str, value: Tensor) -> Tensor:
         if name not in self.latent_sites:
@@ -309,12 +164,9 @@ class Problem:
                 model, data={k: self._to_vectorized(k, v) for k, v in values.items()}
             )
 
-        def vectorized(*args, **kwargs):
-            with self._particle_plate(num_particles):
-                return model(*args, **kwargs)
-
+        model = vectorized(model, num_particles, self.max_plate_nesting)
         with pyro.validation_enabled(False):
-            trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
         # only the sites asked for: a neural prior's log_prob may solve an ODE
         trace.compute_log_prob(site_filter=lambda name, site: name in log_prob_sites)
         return trace
@@ -356,16 +208,10 @@ class Problem:
         return self._sum_log_prob(trace, names, num_particles)
 
     def _sum_log_prob(self, trace: poutine.Trace, names, num_particles: int) -> Tensor:
-        particle_dim = self.max_plate_nesting + 1
-        total = torch.zeros(num_particles, device=self.device, dtype=self.dtype)
-        for name in names:
-            log_prob = trace.nodes[name]["log_prob"]
-            if log_prob.dim() < particle_dim:  # constant across particles
-                total = total + log_prob.sum()
-            else:
-                start = log_prob.dim() - particle_dim + 1
-                total = total + log_prob.reshape(*log_prob.shape[:start], -1).sum(-1)
-        return total
+        return sum_per_particle(
+            trace, names, num_particles, self.max_plate_nesting, device=self.device,
+            dtype=self.dtype,
+        )  # fmt: skip
 
     def likelihood_terms(self, values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         r"""Evaluates :math:`\log p(y \mid x)` and the norm of the standardised (Pearson)
@@ -448,12 +294,9 @@ class Problem:
             :math:`\log q` summed over the guide's sites, shaped ``[num_particles]``.
         """
 
-        def vectorized(*args, **kwargs):
-            with self._particle_plate(num_particles):
-                return guide(*args, **kwargs)
-
+        guide = vectorized(guide, num_particles, self.max_plate_nesting)
         with torch.no_grad(), pyro.validation_enabled(False):
-            trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
+            trace = poutine.trace(guide).get_trace(*self.args, **self.kwargs)
             trace.compute_log_prob()
         guide_sites = [
             name
@@ -492,6 +335,50 @@ class Problem:
 
     # ---------------------------------------------------------------------------- helpers
 
+    def observation_sites(
+        self, observed: Sequence[str] | Mapping[str, Any] | str | None, example: str
+    ) -> tuple[str, ...]:
+        r"""The sites to simulate and condition on: those named in ``observed``, then those
+        that the model observes itself (:attr:`Site.observed_by_model`), without repeats.
+
+        Arguments:
+            observed: Site names (or a data dict, whose keys are taken), one name, or None.
+            example: A call that names the observed sites, for the message when there are none.
+
+        Raises:
+            ValueError: If a name is not a sample site of the model, or nothing is observed.
+        """
+        names = [observed] if isinstance(observed, str) else list(observed or [])
+        sites = {**self.latent_sites, **self.observed_sites}
+        unknown = [name for name in names if name not in sites]
+        if unknown:
+            raise ValueError(
+                f"observed has {unknown}, which are not sample sites of the model; its sample "
+                f"sites are {list(sites)}"
+            )
+        by_model = [name for name, site in sites.items() if site.observed_by_model]
+        found = tuple(dict.fromkeys([*names, *by_model]))
+        if not found:
+            raise ValueError(
+                f"the model observes no site by itself: name the sites to condition on, e.g. "
+                f"{example}"
+            )
+        return found
+
+    def unconstrained(
+        self, names: Sequence[str] | None = None, label: str = "this method"
+    ) -> UnconstrainedSites:
+        r"""The latent sites ``names`` (default: all) as one flat unconstrained vector: an
+        :class:`~condgen.problem.UnconstrainedSites` with ``pack`` (values to :math:`z` with
+        :math:`\log|J|`) and ``unpack``.
+
+        Raises:
+            ValueError: If a site is discrete or its support has no bijection to
+                :math:`\mathbb{R}^k`; the message names the site and ``label``.
+        """
+        names = list(self.latent_sites) if names is None else list(names)
+        return UnconstrainedSites({n: self.latent_sites[n] for n in names}, label)
+
     def require_continuous(self, method: str, suggestion: str = "importance") -> None:
         r"""Raises a :class:`ValueError` naming the first discrete latent site, if any."""
         for name, site in self.latent_sites.items():
@@ -507,56 +394,3 @@ class Problem:
             return ", ".join(f"{n}{list(s.shape)}" for n, s in sites.items())
 
         return f"Problem(latent=[{fmt(self.latent_sites)}], observed=[{fmt(self.observed_sites)}])"
-
-
-def _as_observation(name: str, value: Any) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    try:
-        return torch.as_tensor(value, dtype=torch.get_default_dtype())
-    except Exception as error:
-        raise ValueError(
-            f"observation of site '{name}' must be a tensor, an array or a (nested) list of "
-            f"numbers, got {type(value).__name__}"
-        ) from error
-
-
-def _check_devices(sites: list[dict]) -> None:
-    devices: dict[str, list[str]] = {}
-    for site in sites:
-        if site["value"].is_floating_point():
-            devices.setdefault(str(site["value"].device), []).append(f"'{site['name']}'")
-    if len(devices) > 1:
-        listing = "; ".join(f"{', '.join(names)} on {d}" for d, names in devices.items())
-        raise ValueError(
-            f"the model's sites are on different devices ({listing}): move the observations, "
-            "the prior (prior.to(device)) and the model's tensors to one device"
-        )
-
-
-def _check_observation(site: Site, value: Tensor) -> None:
-    if value.is_floating_point() and not torch.isfinite(value).all():
-        bad = (~torch.isfinite(value)).sum().item()
-        raise ValueError(
-            f"observation of site '{site.name}' has {bad} NaN or infinite entries; remove them "
-            "or mask them with poutine.mask / obs_mask"
-        )
-    fn = site.distribution
-    shape = fn.batch_shape + fn.event_shape
-    event_shape = tuple(value.shape[value.dim() - site.event_dim :]) if site.event_dim else ()
-    try:
-        fits = torch.broadcast_shapes(value.shape, shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits or event_shape != tuple(fn.event_shape):
-        raise ValueError(
-            f"observation of site '{site.name}' has shape {tuple(value.shape)}, which does not "
-            f"fit its distribution of batch shape {tuple(fn.batch_shape)} and event shape "
-            f"{tuple(fn.event_shape)}; reshape the observation or the site's plates"
-        )
-    support_ok = fn.support.check(value)
-    if not bool(torch.as_tensor(support_ok).all()):
-        raise ValueError(
-            f"observation of site '{site.name}' lies outside the support {fn.support} of "
-            f"its distribution {type(fn).__name__}"
-        )
