@@ -238,7 +238,7 @@ def test_save_load_round_trip(linear, tmp_path):
     estimator.save(path)
     document = torch.load(path, weights_only=True)
     assert document["format"] == f"condgen-{cls.label.lower()}"
-    assert document["config"]["network"]["hidden"] == [256, 256, 256]
+    assert document["config"]["network"]["hidden"] == list(cls.path_defaults["hidden"])
     assert document["config"]["steps"] == 32
     loaded = cls.load(path, task.model)
     assert loaded.prior.steps == estimator.prior.steps

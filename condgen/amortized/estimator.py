@@ -19,7 +19,7 @@ from .._random import seeded
 from .._training import Trainer, shuffled
 from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
-from .sites import flatten_observations, observation
+from .sites import embedding_features, flatten_observations, observation
 from .training import finite_simulations, split, standardisation, training_options
 
 _SIMULATION_BATCH = 10_000
@@ -83,7 +83,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
     r"""The estimator's short name, in messages and in its file format."""
     fit_defaults: ClassVar[dict[str, Any]] = {
         "max_epochs": 1000,
-        "batch_size": 100,
+        "batch_size": 200,
         "lr": 1e-3,
         "patience": 20,
         "lr_decay": 0.5,
@@ -179,23 +179,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         if self.embedding is None:
             return self.observation_features
         x = self._flat_observations(self._problem.sample_prior(2))
-        with torch.no_grad():
-            training = self.embedding.training
-            self.embedding.eval()
-            try:
-                out = self._embed(x)
-            except Exception as error:
-                shape = (2, *self._embedding_shape)
-                message = f"the embedding network failed on observations shaped {shape}: {error}"
-                raise ValueError(message) from error
-            finally:
-                self.embedding.train(training)
-        if out.dim() != 2 or out.shape[0] != 2:
-            raise ValueError(
-                f"the embedding network must return [batch, features], got {tuple(out.shape)} "
-                f"for a batch of 2"
-            )
-        return out.shape[-1]
+        return embedding_features(self.embedding, self._embed, x, self._embedding_shape)
 
     # ---------------------------------------------------------------------------- encoding
 
@@ -234,12 +218,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 f"num_simulations must be a positive integer, got {num_simulations!r}"
             )
         with seeded(seed, self._problem.device):
-            chunks = [
-                self._problem.sample_prior(min(_SIMULATION_BATCH, num_simulations - start))
-                for start in range(0, num_simulations, _SIMULATION_BATCH)
-            ]
-        names = [*self.latent_sites, *self.observed_sites]
-        return {n: torch.cat([c[n] for c in chunks]) for n in names}
+            return self._problem.sample_prior(num_simulations, _SIMULATION_BATCH)
 
     # ---------------------------------------------------------------------------- training
 

@@ -46,7 +46,7 @@ class NPE(PosteriorEstimator):
         - \log \left| \det \frac{\partial T(z)}{\partial z} \right|.
 
     Training (:meth:`fit`) holds out a validation fraction of the simulations, runs Adam on
-    minibatches of 100 in epochs with a moving average of the weights, halves the learning
+    minibatches of 200 in epochs with a moving average of the weights, halves the learning
     rate when the validation loss stalls, keeps the averaged weights of the best validation
     loss and stops when it has not improved for 20 epochs (early stopping, as in ``sbi``).
 

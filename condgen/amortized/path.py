@@ -47,7 +47,7 @@ class PathEstimator(PosteriorEstimator):
     Arguments:
         model, observed, embedding, args, kwargs: See
             :class:`~condgen.amortized.PosteriorEstimator`.
-        hidden: The widths of the MLP's hidden layers.
+        hidden: The widths of the MLP's hidden layers (default in :attr:`path_defaults`).
         time_embedding: The number of sinusoidal time features of the MLP (and the size of
             its context embedding).
         sampler: The sampler of :meth:`sample`: ``"heun"``, ``"euler"``, ``"ddim"`` or
@@ -57,7 +57,7 @@ class PathEstimator(PosteriorEstimator):
     """
 
     path_defaults: ClassVar[dict[str, Any]]
-    r"""The defaults of ``steps`` and ``time_power``."""
+    r"""The defaults of ``hidden``, ``steps`` and ``time_power``."""
     fit_defaults: ClassVar[dict[str, Any]] = {
         "max_epochs": 1000,
         "batch_size": 256,
@@ -74,7 +74,7 @@ class PathEstimator(PosteriorEstimator):
         observed: Sequence[str] | str | None = None,
         *,
         embedding: nn.Module | None = None,
-        hidden: Sequence[int] = (256, 256, 256),
+        hidden: Sequence[int] | None = None,
         time_embedding: int = 64,
         sampler: str = "heun",
         steps: int | None = None,
@@ -82,6 +82,7 @@ class PathEstimator(PosteriorEstimator):
         args: tuple = (),
         kwargs: Mapping[str, Any] | None = None,
     ):
+        hidden = self.path_defaults["hidden"] if hidden is None else hidden
         steps = self.path_defaults["steps"] if steps is None else steps
         time_power = self.path_defaults["time_power"] if time_power is None else time_power
         if sampler not in SAMPLERS:

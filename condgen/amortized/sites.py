@@ -2,13 +2,13 @@ r"""The observations of an amortized estimator, flattened and checked."""
 
 from __future__ import annotations
 
-__all__ = ["flatten_observations", "observation"]
+__all__ = ["embedding_features", "flatten_observations", "observation"]
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..problem import Site
 from ..problem.unconstrained import site_values
@@ -89,3 +89,30 @@ def observation(
                 "conditions on finite observations only"
             )
     return flatten_observations(sites, x, known, like)
+
+
+def embedding_features(
+    embedding: nn.Module, embed: Callable[[Tensor], Tensor], x: Tensor, shape: tuple[int, ...]
+) -> int:
+    r"""The number of features that ``embed`` (standardisation, then ``embedding``) gives for
+    two flat observations ``x`` ``[2, D]``, each reshaped to ``shape`` for the network.
+
+    Raises:
+        ValueError: If the embedding fails, or does not return ``[batch, features]``.
+    """
+    with torch.no_grad():
+        training = embedding.training
+        embedding.eval()
+        try:
+            out = embed(x)
+        except Exception as error:
+            message = f"the embedding network failed on observations shaped {(2, *shape)}: "
+            raise ValueError(message + str(error)) from error
+        finally:
+            embedding.train(training)
+    if out.dim() != 2 or out.shape[0] != 2:
+        raise ValueError(
+            f"the embedding network must return [batch, features], got {tuple(out.shape)} "
+            f"for a batch of 2"
+        )
+    return out.shape[-1]

@@ -271,15 +271,21 @@ class Problem:
 
     # ---------------------------------------------------------------------------- sampling
 
-    def sample_prior(self, num_particles: int) -> dict[str, Tensor]:
-        r"""Draws latent values from the prior, in one vectorised pass.
+    def sample_prior(self, num_particles: int, batch_size: int | None = None) -> dict[str, Tensor]:
+        r"""Draws latent values from the prior, in vectorised passes of ``batch_size``
+        particles (default: one pass). Run on ``poutine.uncondition(model)``, this simulates
+        every site, the observed ones included.
 
         Returns:
             Latent values by site name, each shaped ``[num_particles, *site.shape]``.
         """
-        with torch.no_grad():
-            trace = self._vectorized_trace(num_particles, None)
-        return self._latent_values(trace, num_particles)
+        batch_size = batch_size or num_particles
+        chunks = []
+        for start in range(0, num_particles, batch_size):
+            size = min(batch_size, num_particles - start)
+            with torch.no_grad():
+                chunks.append(self._latent_values(self._vectorized_trace(size, None), size))
+        return {name: torch.cat([c[name] for c in chunks]) for name in self.latent_sites}
 
     def sample_guide(
         self, guide: Callable, num_particles: int
