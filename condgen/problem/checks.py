@@ -7,18 +7,15 @@ __all__ = ["check_data_keys", "check_vectorizable", "tracing_failure"]
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .core import Problem
 
-
-def tracing_failure(problem: Problem, partial: poutine.Trace, error: Exception) -> str:
+def tracing_failure(problem: Any, partial: poutine.Trace, error: Exception) -> str:
     r"""Why tracing failed: the error, the last sample site reached, and the sites,
     observations and arguments whose dtypes or devices disagree."""
     sites = [s for s in partial.nodes.values() if s["type"] == "sample"]
@@ -55,7 +52,7 @@ def check_data_keys(data: Mapping[str, Tensor], sites: list[dict]) -> None:
         )
 
 
-def check_vectorizable(problem: Problem) -> None:
+def check_vectorizable(problem: Any) -> None:
     r"""Raises unless the model runs under an outer particle plate with the shapes and
     log-densities of one particle at a time."""
     probe = 2
@@ -91,7 +88,7 @@ def check_vectorizable(problem: Problem) -> None:
     _check_particles_independent(problem, trace, probe)
 
 
-def _check_particles_independent(problem: Problem, trace: poutine.Trace, probe: int) -> None:
+def _check_particles_independent(problem: Any, trace: poutine.Trace, probe: int) -> None:
     # A model can have every shape right and still mix particles (e.g. x.sum() over a
     # latent without event dimensions): compare with one particle at a time.
     names = problem._cheap_sites()
