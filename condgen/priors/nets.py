@@ -75,18 +75,35 @@ class _ContextEmbedding(nn.Module):
         self.linear = nn.Linear(context, features)
         self.null = nn.Parameter(torch.zeros(features))
 
-    def forward(self, context: Tensor | None, drop: Tensor | None, dtype: torch.dtype) -> Tensor:
+    def forward(
+        self,
+        context: Tensor | None,
+        drop: Tensor | None,
+        dtype: torch.dtype,
+        weight: Tensor | None = None,
+    ) -> Tensor:
+        r"""The embedding :math:`e = W_c c + b_c` (or the null one), or its image :math:`M e`
+        under the matrix ``weight`` :math:`M`. The image is computed in the cheaper order: as
+        :math:`(M W_c) c + M b_c` when the context is smaller than its embedding, so that a
+        small context costs a product of its own size per item instead of the embedding's."""
+        null = self.null if weight is None else weight @ self.null
         if context is None:
-            return self.null
+            return null
         if context.shape[-1:] != (self.linear.in_features,):
             raise ValueError(
                 f"context has shape {tuple(context.shape)}, but this network expects "
                 f"[*batch, {self.linear.in_features}]"
             )
-        embedding = self.linear(context.to(dtype))
+        context = context.to(dtype)
+        if weight is None:
+            embedding = self.linear(context)
+        elif self.linear.in_features < self.linear.out_features:
+            embedding = F.linear(context, weight @ self.linear.weight, weight @ self.linear.bias)
+        else:
+            embedding = F.linear(self.linear(context), weight)
         if drop is not None:
             drop = torch.as_tensor(drop, dtype=torch.bool, device=embedding.device)
-            embedding = torch.where(drop.unsqueeze(-1), self.null, embedding)
+            embedding = torch.where(drop.unsqueeze(-1), null, embedding)
         return embedding
 
 
@@ -202,18 +219,18 @@ class MLP(nn.Module):
         """
         _check_context(self, context)
         t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
-        e = self.time_embedding(t)
-        shapes = [x_t.shape[:-1], t.shape]
-        if self.context_embedding is not None:
-            c = self.context_embedding(context, drop, x_t.dtype)
-            shapes.append(c.shape[:-1])
-            batch = _broadcast_shapes(shapes)
-            e = torch.cat((e.expand(*batch, -1), c.expand(*batch, -1)), dim=-1)
+        # U [gamma(t); e_c] = U_t gamma(t) + U_c e_c, each term at its own batch shape (a time
+        # shared by the batch costs one product)
+        weight, bias = self.conditioning.weight, self.conditioning.bias
+        if self.context_embedding is None:
+            e = F.linear(self.time_embedding(t), weight, bias)
         else:
-            batch = _broadcast_shapes(shapes)
-            e = e.expand(*batch, -1)
+            time_weight, context_weight = weight.split(weight.shape[-1] // 2, dim=-1)
+            e = F.linear(self.time_embedding(t), time_weight, bias)
+            e = e + self.context_embedding(context, drop, x_t.dtype, context_weight)
+        batch = _broadcast_shapes([x_t.shape[:-1], e.shape[:-1]])
         h = x_t.expand(*batch, -1)
-        *shifts, gate = self.conditioning(e).split([*self.hidden, x_t.shape[-1]], dim=-1)
+        *shifts, gate = e.split([*self.hidden, x_t.shape[-1]], dim=-1)
         for layer, shift in zip(self.layers, shifts, strict=True):
             y = self.activation(layer(h) + shift)
             h = h + y if y.shape == h.shape else y
