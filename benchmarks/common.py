@@ -2,7 +2,7 @@ r"""Shared pieces of the benchmark scripts: the machine line and the docs sectio
 
 from __future__ import annotations
 
-__all__ = ["machine", "write_section"]
+__all__ = ["machine", "reproduce", "write_section"]
 
 import os
 import platform
@@ -50,6 +50,18 @@ def machine(extra: Iterable[str] = ()) -> str:
         *extra,
     ]
     return ", ".join(parts)
+
+
+def reproduce(script: str, argv: list[str]) -> str:
+    r"""The command that reruns ``benchmarks/<script>`` with the options ``argv``, less where
+    this run wrote its report (``--output PATH``), which a rerun takes as its default."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip or arg == "--output":
+            skip = not skip
+        elif not arg.startswith("--output="):
+            shown.append(arg)
+    return " ".join(["python", f"benchmarks/{script}", *shown])
 
 
 def write_section(path: Path, section: str) -> None:

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine, write_section
+from common import machine, reproduce, write_section
 from torch import Tensor
 
 import condgen as cg
@@ -653,7 +653,7 @@ def report(
 ) -> str:
     r"""The Markdown section: machine, date, commands, protocol, tables and published figures."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/gmm_inverse.py " + " ".join(args.argv)
+    command = reproduce("gmm_inverse.py", args.argv)
     skipped = "; ".join(f"`{k}`: {v}" for k, v in not_run(args.nuts).items())
     ran = sorted({(r["d"], r["dy"]) for r in records})
     seeds = max(r["seed"] for r in records) + 1

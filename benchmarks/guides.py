@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import machine, write_section
+from common import machine, reproduce, write_section
 from pyro.distributions.transforms import iterated, spline_autoregressive
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
@@ -179,7 +179,7 @@ def report(results: list[dict], args: argparse.Namespace, floors: dict[str, floa
             "Reproduce (from the repository root):",
             "",
             "```bash",
-            ("python benchmarks/guides.py " + " ".join(args.argv)).strip(),
+            reproduce("guides.py", args.argv),
             "```",
             "",
             "`FlowGuide` (one zuko flow over the unconstrained latents, drawn in the "

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import DOCS, machine, write_section
+from common import DOCS, machine, reproduce, write_section
 from npe import _mean, _spread
 from torch import Tensor
 
@@ -253,7 +253,7 @@ observations); one torch thread.
 def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> str:
     r"""The Markdown section: machine, date, command, protocol and table."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/implicit.py " + " ".join(args.argv)
+    command = reproduce("implicit.py", args.argv)
     return "\n".join(
         [
             f"## {SECTION}",

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import machine, write_section
+from common import machine, reproduce, write_section
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
@@ -152,7 +152,7 @@ def report(results: list[dict], args: argparse.Namespace, floors: dict[str, floa
             "Reproduce (from the repository root):",
             "",
             "```bash",
-            ("python benchmarks/implicit_guides.py " + " ".join(args.argv)).strip(),
+            reproduce("implicit_guides.py", args.argv),
             "```",
             "",
             "`SemiImplicitGuide` (32 mixing components, `SIVI_ELBO` with 16 particles and 50 "

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import DOCS, machine, write_section
+from common import DOCS, machine, reproduce, write_section
 from torch import Tensor
 
 from condgen.evaluate import TwoMoons, c2st
@@ -242,7 +242,7 @@ simulations are shared and not timed), one torch thread.
 def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> str:
     r"""The Markdown section: machine, date, command, protocol and tables."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/npe.py " + " ".join(args.argv)
+    command = reproduce("npe.py", args.argv)
     defaults = NPE(TwoMoons().model, observed=["x"])
     return "\n".join(
         [

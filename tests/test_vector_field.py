@@ -79,9 +79,9 @@ def test_two_moons_c2st(cls):
     At 10^4 simulations it is at most 0.65 (sbi 0.27's FMPE with its defaults: 0.73 on this
     task in benchmarks/implicit.py, three seeds; measured here FMPE 0.58, NPSE 0.56, after
     about a minute of training on one thread). Under ``CI`` the estimators train on 2000
-    simulations, too few for these estimators to be good (measured FMPE 0.801: 0.781, 0.809,
-    0.812 after 14 s; NPSE 0.766: 0.749, 0.770, 0.778 after 24 s; at 5000, FMPE 0.66 and
-    NPSE 0.75), and the bound is 0.85: a broken estimator scores near 1."""
+    simulations, too few for these estimators to be good (measured with the current defaults
+    FMPE 0.739: 0.711, 0.770, 0.738 after 10 s; NPSE 0.752: 0.719, 0.774, 0.762 after 22 s),
+    and the bound is 0.85: a broken estimator scores near 1."""
     simulations, bound = (2000, 0.85) if os.environ.get("CI") else (10_000, 0.65)
     torch.manual_seed(0)
     estimator = cls(TwoMoons().model, observed=["x"])
