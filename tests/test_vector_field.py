@@ -77,8 +77,8 @@ def test_two_moons_c2st(cls):
     the standard observation (0, 0) and two simulated ones.
 
     At 10^4 simulations it is at most 0.65 (sbi 0.27's FMPE with its defaults: 0.73 on this
-    task in benchmarks/implicit.py, three seeds; measured here FMPE 0.58, NPSE 0.56, after
-    about a minute of training on one thread). Under ``CI`` the estimators train on 2000
+    task in benchmarks/implicit.py, three seeds; measured here FMPE 0.564, NPSE 0.583, after
+    38 s and 62 s of training on one thread). Under ``CI`` the estimators train on 2000
     simulations, too few for these estimators to be good (measured with the current defaults
     FMPE 0.739: 0.711, 0.770, 0.738 after 10 s; NPSE 0.752: 0.719, 0.774, 0.762 after 22 s),
     and the bound is 0.85: a broken estimator scores near 1."""
