@@ -86,9 +86,8 @@ class _ContextEmbedding(nn.Module):
         under the matrix ``weight`` :math:`M`. The image is computed in the cheaper order: as
         :math:`(M W_c) c + M b_c` when the context is smaller than its embedding, so that a
         small context costs a product of its own size per item instead of the embedding's."""
-        null = self.null if weight is None else weight @ self.null
         if context is None:
-            return null
+            return self._null(weight)
         if context.shape[-1:] != (self.linear.in_features,):
             raise ValueError(
                 f"context has shape {tuple(context.shape)}, but this network expects "
@@ -103,8 +102,11 @@ class _ContextEmbedding(nn.Module):
             embedding = F.linear(self.linear(context), weight)
         if drop is not None:
             drop = torch.as_tensor(drop, dtype=torch.bool, device=embedding.device)
-            embedding = torch.where(drop.unsqueeze(-1), null, embedding)
+            embedding = torch.where(drop.unsqueeze(-1), self._null(weight), embedding)
         return embedding
+
+    def _null(self, weight: Tensor | None) -> Tensor:
+        return self.null if weight is None else weight @ self.null
 
 
 def _broadcast_shapes(shapes: list[torch.Size]) -> torch.Size:
@@ -225,7 +227,7 @@ class MLP(nn.Module):
         if self.context_embedding is None:
             e = F.linear(self.time_embedding(t), weight, bias)
         else:
-            time_weight, context_weight = weight.split(weight.shape[-1] // 2, dim=-1)
+            time_weight, context_weight = weight.split(self.config["time_embedding"], dim=-1)
             e = F.linear(self.time_embedding(t), time_weight, bias)
             e = e + self.context_embedding(context, drop, x_t.dtype, context_weight)
         batch = _broadcast_shapes([x_t.shape[:-1], e.shape[:-1]])
