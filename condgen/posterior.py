@@ -45,12 +45,18 @@ class Posterior:
 
     Draws are stored per site, shaped ``[chains, draws, *site.shape]``. Weighted methods
     (importance sampling, SMC) also give ``log_weights``, shaped ``[chains, draws]`` and
-    normalised so that ``log_weights.exp()`` sums to one within each chain.
+    normalised so that ``log_weights.exp()`` sums to one within each chain. Methods that run
+    independent particle systems (SMC) store one system per chain and weigh the chains by
+    ``chain_log_weights`` (their evidence estimates :math:`\hat Z_r / \sum_s \hat Z_s`), so that
+    the pooled draws (:meth:`moments`, :meth:`resample`) target the posterior, while ArviZ sees
+    each system as a chain and compares them.
 
     Arguments:
         problem: The problem the draws condition.
         samples: Draws by latent site name, each shaped ``[chains, draws, *site.shape]``.
         log_weights: Optional log-weights, shaped ``[chains, draws]``.
+        chain_log_weights: Optional log-weights of the chains, shaped ``[chains]`` (equal
+            weights by default).
         stats: Run statistics: ``time_s`` always, ``nfe`` (model or network evaluations)
             where it applies, and method-specific entries.
         sample_stats: Per-draw statistics (e.g. ``diverging``, ``step_size``), each
@@ -78,6 +84,7 @@ class Posterior:
         samples: Mapping[str, Tensor],
         *,
         log_weights: Tensor | None = None,
+        chain_log_weights: Tensor | None = None,
         stats: Mapping[str, Any] | None = None,
         sample_stats: Mapping[str, Tensor] | None = None,
         method: str | None = None,
@@ -108,12 +115,20 @@ class Posterior:
             log_weights = log_weights.detach()
             log_weights = log_weights - log_weights.logsumexp(-1, keepdim=True)
         self.log_weights = log_weights
+        if chain_log_weights is not None:
+            if tuple(chain_log_weights.shape) != (self.num_chains,):
+                raise ValueError(
+                    f"chain_log_weights must have shape [chains] = [{self.num_chains}], got "
+                    f"{list(chain_log_weights.shape)}"
+                )
+            chain_log_weights = chain_log_weights.detach().log_softmax(0)
+        self.chain_log_weights = chain_log_weights
         self.stats = dict(stats or {})
         self.sample_stats = {k: v.detach() for k, v in (sample_stats or {}).items()}
         self.method = method
         self.posterior_predictive: dict[str, Tensor] | None = None
         self._log_likelihood: dict[str, Tensor] | None = None
-        self._resampled: Posterior | None = None
+        self._per_chain: Posterior | None = None
 
     # ------------------------------------------------------------------------- accessors
 
@@ -130,47 +145,72 @@ class Posterior:
             Both, shaped like the site.
         """
         x = self.samples[site].flatten(0, 1).double()
-        if self.log_weights is None:
-            w = torch.full((len(x),), 1 / len(x), dtype=x.dtype, device=x.device)
-        else:
-            w = self.log_weights.flatten().double().softmax(0)
+        w = self._pooled_log_weights().double().softmax(0)
         w = w.reshape(-1, *[1] * (x.dim() - 1))
         mean = (w * x).sum(0)
         return mean, (w * (x - mean) ** 2).sum(0).sqrt()
 
+    def _pooled_log_weights(self) -> Tensor:
+        r"""The log-weight of every draw, chains merged: each draw's weight within its chain
+        times its chain's weight (equal weights where there are none)."""
+        shape = (self.num_chains, self.num_draws)
+        device = next(iter(self.samples.values())).device
+        log_w = torch.zeros(shape, device=device) if self.log_weights is None else self.log_weights
+        if self.chain_log_weights is not None:
+            log_w = log_w + self.chain_log_weights[:, None]
+        return log_w.flatten()
+
     def _select(self, index: Tensor) -> Posterior:
-        samples = {k: v[index].unsqueeze(0) for k, v in self.flatten().items()}
-        sample_stats = {
-            k: v.flatten(0, 1)[index].unsqueeze(0) for k, v in self.sample_stats.items()
+        r"""One chain of the draws at ``index`` (into the merged chains and draws)."""
+        samples = {
+            k: v[index].reshape(*index.shape, *v.shape[1:]) for k, v in self.flatten().items()
         }
+        sample_stats = {
+            k: v.flatten(0, 1)[index].reshape(*index.shape, *v.shape[2:])
+            for k, v in self.sample_stats.items()
+        }
+        if index.dim() == 1:
+            samples = {k: v.unsqueeze(0) for k, v in samples.items()}
+            sample_stats = {k: v.unsqueeze(0) for k, v in sample_stats.items()}
         return Posterior(
             self.problem, samples, stats=self.stats, sample_stats=sample_stats, method=self.method
         )
 
-    def resample(self, num_samples: int | None = None) -> Posterior:
+    def resample(self, num_samples: int | None = None, per_chain: bool = False) -> Posterior:
         r"""Resamples weighted draws into equally weighted ones (systematic resampling).
 
         Arguments:
             num_samples: How many draws to keep; by default as many as there are.
+            per_chain: Whether to resample each chain by its own weights into as many draws,
+                in random order, keeping the chains apart (what :meth:`to_arviz` shows, so
+                that R-hat compares the chains); by default the chains are pooled, weighted by
+                ``chain_log_weights``, into one chain of ``num_samples`` draws.
 
         Returns:
-            An unweighted posterior with one chain. An unweighted posterior is returned
-            unchanged when ``num_samples`` is None.
+            An unweighted posterior. An unweighted posterior is returned unchanged when
+            ``num_samples`` is None.
         """
         total = self.num_chains * self.num_draws
         if num_samples is None and self.log_weights is None:
             return self
-        if num_samples is None and self._resampled is not None:
-            return self._resampled
+        if per_chain:
+            if num_samples is not None:
+                raise ValueError(
+                    "resample(per_chain=True) keeps the draws' count: omit num_samples"
+                )
+            if self._per_chain is None:  # cached, so that to_arviz() and predictive() agree
+                self._per_chain = self._select(self._per_chain_index())
+            return self._per_chain
         num_samples = total if num_samples is None else num_samples
-        if self.log_weights is None:
-            log_weights = torch.zeros(total, device=self.problem.device)
-        else:  # chains are weighted alike: each was normalised separately
-            log_weights = self.log_weights.flatten()
-        resampled = self._select(systematic_resample(log_weights, num_samples))
-        if num_samples == total and self.log_weights is not None:
-            self._resampled = resampled  # so that to_arviz() and predictive() agree
-        return resampled
+        return self._select(systematic_resample(self._pooled_log_weights(), num_samples))
+
+    def _per_chain_index(self) -> Tensor:
+        rows = []
+        for c, log_w in enumerate(self.log_weights):
+            index = systematic_resample(log_w, self.num_draws)
+            order = torch.randperm(self.num_draws, device=index.device)
+            rows.append(c * self.num_draws + index[order])  # random order: split-R-hat halves
+        return torch.stack(rows)
 
     # ----------------------------------------------------------------- model evaluations
 
@@ -201,8 +241,8 @@ class Posterior:
     def predictive(self, num_samples: int | None = None) -> dict[str, Tensor]:
         r"""Draws the observed sites anew at every draw: :math:`y^{(i)} \sim p(y \mid x^{(i)})`.
 
-        Weighted posteriors are resampled first. The draws are kept and become ArviZ's
-        ``posterior_predictive`` group.
+        Weighted posteriors are resampled first (each chain by its own weights, as for
+        :meth:`to_arviz`). The draws are kept and become ArviZ's ``posterior_predictive`` group.
 
         Arguments:
             num_samples: If given, the draws are first resampled to this many (one chain).
@@ -210,7 +250,7 @@ class Posterior:
         Returns:
             Posterior predictive draws by observed site, shaped ``[chains, draws, *shape]``.
         """
-        source = self.resample(num_samples)
+        source = self.resample(num_samples, per_chain=num_samples is None)
         flat = source.flatten()
         total = source.num_chains * source.num_draws
         chunks = [
@@ -233,10 +273,11 @@ class Posterior:
         Groups: ``posterior``, ``sample_stats``, ``observed_data``, ``log_likelihood`` (one
         variable per observed site, always present when the model has observations) and
         ``posterior_predictive`` once :meth:`predictive` has run. Weighted posteriors are
-        resampled first, since ArviZ expects equally weighted draws; their log-weights stay
-        in :attr:`log_weights` and :attr:`stats`.
+        resampled first, each chain by its own weights (``resample(per_chain=True)``), since
+        ArviZ expects equally weighted draws; their log-weights stay in :attr:`log_weights`,
+        :attr:`chain_log_weights` and :attr:`stats`.
         """
-        source = self.resample()
+        source = self.resample(per_chain=True)
         groups: dict[str, dict[str, np.ndarray]] = {
             "posterior": _numpy(source.samples),
             "sample_stats": _numpy(source.sample_stats),

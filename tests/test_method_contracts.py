@@ -79,6 +79,7 @@ CASES = {
     "importance": _options(_mixture, num_steps=30),
     "tds": _options(_mixture, steps=8),
     "smc": _options(_mixture, steps=8),
+    "tempered": _options(_joint),
     "gibbs": _options(_joint, num_chains=1, warmup_steps=3, steps=5, num_particles=8),
     "dps": _options(_mixture, steps=8),
     "pigdm": _options(_mixture, steps=8),

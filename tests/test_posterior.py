@@ -85,7 +85,7 @@ def test_to_arviz_groups(posterior):
 
 def test_to_arviz_posterior_matches_samples(posterior):
     idata = posterior.to_arviz()
-    source = posterior.resample()  # the draws themselves when unweighted
+    source = posterior.resample(per_chain=True)  # the draws themselves when unweighted
     if posterior.log_weights is None:
         assert source is posterior
     x = idata.posterior["x"]
@@ -99,7 +99,7 @@ def test_to_arviz_log_likelihood(posterior):
     log_likelihood = idata.log_likelihood["y"]
     chains, draws = idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
     assert log_likelihood.shape == (chains, draws, TASK.data["y"].shape[0])
-    source = posterior.resample()
+    source = posterior.resample(per_chain=True)
     np.testing.assert_allclose(log_likelihood.values, source.log_likelihood()["y"].numpy())
 
     # Independently: a new Problem evaluated at the ArviZ draws, and by hand.
@@ -120,7 +120,7 @@ def test_log_likelihood_of_draws(posterior):
 def test_to_arviz_posterior_predictive(posterior):
     post = fresh(posterior)
     predictive = post.predictive()
-    chains, draws = post.resample().num_chains, post.resample().num_draws
+    chains, draws = post.num_chains, post.num_draws
     assert predictive["y"].shape == (chains, draws, 5, 2)
     idata = post.to_arviz()
     assert "posterior_predictive" in idata.groups()
@@ -150,7 +150,7 @@ def test_summary(posterior):
     assert isinstance(summary, pd.DataFrame)
     assert list(summary.index) == ["x[0]", "x[1]"]
     assert {"mean", "sd", "r_hat"} <= set(summary.columns)
-    x = posterior.resample().samples["x"].flatten(0, 1)
+    x = posterior.resample(per_chain=True).samples["x"].flatten(0, 1)
     np.testing.assert_allclose(summary["mean"].values, x.mean(0).numpy(), atol=1e-3)
 
 

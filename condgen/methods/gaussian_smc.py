@@ -156,6 +156,8 @@ class SMC(SMCMethod):
         ess_threshold: Resample when ESS / particles falls below this.
         moment_samples: Prior draws that estimate the prior's moments (trained priors).
         batch_size: Particles whose network evaluations run at once.
+        num_runs, rhat, max_particles: Independent runs, the quality target and its cap (see
+            :class:`~condgen.methods.smc.SMCMethod`).
 
     Stats:
         ``ess``, ``ancestors``, ``ess_trace``, ``resampled``, ``nfe``, ``kernel``
@@ -196,8 +198,11 @@ class SMC(SMCMethod):
         ess_threshold: float = 0.5,
         moment_samples: int = 1024,
         batch_size: int = 1024,
+        num_runs: int = 4,
+        rhat: float | None = None,
+        max_particles: int | None = None,
     ):
-        super().__init__(steps=steps, ess_threshold=ess_threshold, batch_size=batch_size)
+        super().__init__(steps, ess_threshold, batch_size, num_runs, rhat, max_particles)
         if moment_samples < 2:
             raise ValueError(f"moment_samples must be at least 2, got {moment_samples}")
         self.moment_samples = moment_samples

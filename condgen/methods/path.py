@@ -212,7 +212,7 @@ class PathMethod(Method):
         stats = {
             # network passes per particle: each pass takes at most batch_size particles
             "nfe": math.ceil(
-                (setup.prior.nfe - nfe_before) / math.ceil(num_samples / self.batch_size)
+                (setup.prior.nfe - nfe_before) / sum(math.ceil(n / self.batch_size) for n in sizes)
             ),
             **{
                 f"{key}_trace": torch.tensor([t[key] for t in traces]).mean(0).tolist()

@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from ..posterior import Posterior, systematic_resample
 from ..priors.samplers import Step, ancestral_step, integrate
+from ..problem import Problem
 from .path import PathMethod, PathSetup
+from .runs import DEFAULT_MAX_RHAT, ParticleRun, pool_runs, split_particles, until_agreement
 
 
 class SMCKernel(abc.ABC):
@@ -101,6 +103,9 @@ class SMCRun:
         ancestors: How many distinct particles of the first time the final ones descend from
             (the ESS does not show a collapse that resampling hides; this does).
         kernel: The name of the kernel that moved the particles.
+        log_evidence: The estimate :math:`\log \hat Z` of :math:`\log p(y)` (of the path
+            discretised on the grid): the sum over the resampling epochs of the log mean
+            unnormalised weight (meaningless for a conditional sweep).
         path: With ``keep_path``: for each particle, its whole trajectory, shaped
             ``[num_particles, steps + 1, *site.shape]``.
     """
@@ -111,11 +116,16 @@ class SMCRun:
     resampled: int
     ancestors: int
     kernel: str
+    log_evidence: float
     path: Tensor | None = field(default=None, repr=False)
 
     @property
     def ess(self) -> float:
         return float(1 / self.log_weights.exp().pow(2).sum())
+
+
+def _log_mean_exp(log_w: Tensor) -> float:
+    return float(log_w.double().logsumexp(0)) - math.log(len(log_w))
 
 
 def _resample(log_w: Tensor, conditional: bool) -> Tensor:
@@ -131,14 +141,16 @@ def _resample(log_w: Tensor, conditional: bool) -> Tensor:
 @dataclass
 class Particles:
     r"""The state of :class:`SMCStep`: the kernel's per-particle state, the log-weights, the
-    index of each particle's first-time ancestor, the kernel's name, and, with ``keep_path``,
-    the points and the resampling indices of every step."""
+    index of each particle's first-time ancestor, the kernel's name, the log evidence of the
+    resampling epochs so far, and, with ``keep_path``, the points and the resampling indices of
+    every step."""
 
     state: dict[str, Tensor]
     log_w: Tensor
     origin: Tensor
     kernel: str
     resampled: int = 0
+    log_evidence: float = 0.0
     path: list[Tensor] | None = None
     parents: list[Tensor | None] = field(default_factory=list)
 
@@ -180,15 +192,20 @@ class SMCStep(Step):
         log_w = p.log_w + self.kernel.reweight(p.state, i)
         ess = float(1 / log_w.softmax(0).pow(2).sum())
         state, origin, resampled, index = p.state, p.origin, p.resampled, None
+        log_evidence = p.log_evidence
         if ess < self.ess_threshold * len(log_w):  # False for a NaN ESS: finite() reports it
             index = _resample(log_w, self.reference is not None)
             state = {k: v[index] for k, v in state.items()}
-            origin, log_w, resampled = origin[index], torch.zeros_like(log_w), resampled + 1
+            origin, resampled = origin[index], resampled + 1
+            log_evidence += _log_mean_exp(log_w)
+            log_w = torch.zeros_like(log_w)
         reference = None if self.reference is None else self.reference[i + 1]
         state, increment = self.kernel.move(state, i, reference)
         path = None if p.path is None else [*p.path, state["x"]]
         parents = [*p.parents, index]
-        new = Particles(state, log_w + increment, origin, p.kernel, resampled, path, parents)
+        new = Particles(
+            state, log_w + increment, origin, p.kernel, resampled, log_evidence, path, parents
+        )
         return new, {"ess": ess}
 
     def finite(self, particles: Particles) -> bool:
@@ -252,6 +269,7 @@ def collect(
         particles.resampled,
         len(particles.origin.unique()),
         particles.kernel,
+        particles.log_evidence + _log_mean_exp(log_w),
         None if path is None else _trajectories(path, particles.parents),
     )
 
@@ -269,52 +287,90 @@ def _trajectories(path: list[Tensor], parents: list[Tensor | None]) -> Tensor:
 
 class SMCMethod(PathMethod):
     r"""Base of the SMC methods on a path prior: :class:`SMCStep` with the kernel of
-    :meth:`kernel`, run by the one sampler loop over all particles at once (they interact
-    through resampling), the weighted particles as a Posterior.
+    :meth:`kernel`, run by the one sampler loop, the weighted particles as a Posterior.
+
+    The particles are split among ``num_runs`` independent particle systems (as NUTS splits
+    draws among chains). Each run is a chain of the Posterior, weighted by its evidence
+    estimate :math:`\hat Z_r` in the pooled draws (:meth:`~condgen.Posterior.moments`,
+    :meth:`~condgen.Posterior.resample`); ArviZ sees the runs as chains, so R-hat compares
+    them. Runs that disagree beyond their Monte Carlo error (R-hat above ``rhat``, or log
+    evidence estimates that differ by more than one unit) raise a
+    :class:`~condgen.diagnostics.ConvergenceWarning` that suggests more particles. With a target
+    ``rhat``, the particles double until the runs agree, up to ``max_particles``.
 
     Arguments:
         steps: The number of steps.
         ess_threshold: Resample when ESS / particles falls below this (1 resamples always).
         batch_size: Particles whose network evaluations run at once.
+        num_runs: Independent particle systems.
+        rhat: A quality target: double the particles until R-hat across the runs is below it
+            and every other check passes; None checks (at 1.05) without doubling.
+        max_particles: The cap of the doubling (default ``8 * num_samples``).
 
     Stats:
-        ``ess`` (of the final weights), ``ancestors`` (distinct first-time particles the final
-        ones descend from), ``ess_trace`` (before each step's resampling), ``resampled``
-        (steps that resampled), ``nfe``, ``kernel`` (the name of the kernel that moved the
-        particles).
+        ``log_evidence`` and ``log_evidence_se`` (:math:`\log p(y)` of the discretised path
+        and its standard error from the spread of the runs), ``log_evidence_runs``, ``rhat``,
+        ``ess_bulk``, ``warnings``; per run ``ancestors`` (distinct first-time particles the
+        final ones descend from), ``resampled`` (steps that resampled); ``ess`` (of the final
+        weights, summed over the runs), ``ess_trace`` (before each step's resampling, averaged
+        over the runs), ``nfe`` (per particle), ``kernel`` (the name of the kernel that moved
+        the particles), ``attempts`` (particles of each attempt).
     """
 
     family = "bayesian"
 
-    def __init__(self, steps: int = 100, ess_threshold: float = 0.5, batch_size: int = 1024):
+    def __init__(
+        self,
+        steps: int = 100,
+        ess_threshold: float = 0.5,
+        batch_size: int = 1024,
+        num_runs: int = 4,
+        rhat: float | None = None,
+        max_particles: int | None = None,
+    ):
         super().__init__(steps=steps, batch_size=batch_size)
         if not 0 <= ess_threshold <= 1:
             raise ValueError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
-        self.ess_threshold = ess_threshold
+        if num_runs < 1:
+            raise ValueError(f"num_runs must be at least 1, got {num_runs}")
+        if rhat is not None and not rhat > 1:
+            raise ValueError(f"rhat must be above 1 (e.g. 1.01), got {rhat}")
+        self.ess_threshold, self.num_runs = ess_threshold, num_runs
+        self.rhat, self.max_particles = rhat, max_particles
 
     @abc.abstractmethod
     def kernel(self, setup: PathSetup) -> SMCKernel:
         r"""The kernel that moves this method's particles along :meth:`grid`."""
 
+    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
+        def attempt(num_particles: int) -> Posterior:
+            return super(SMCMethod, self).run(problem, num_particles, progress)
+
+        return until_agreement(attempt, num_samples, self.rhat, self.max_particles)
+
     def batches(self, num_samples: int) -> list[int]:
-        return [num_samples]  # the particles interact through resampling: one batch
+        # the particles of a run interact through resampling: one batch per run
+        return [split_particles(num_samples, self.num_runs)] * self.num_runs
 
     def step(self, setup: PathSetup) -> SMCStep:
         return SMCStep(self.kernel(setup), self.ess_threshold)
 
     def posterior(self, setup: PathSetup, results: list, stats: dict) -> Posterior:
-        (output,) = results
-        result = collect(output, stats["ess_trace"], self.unstable, self.grid(setup))
-        return Posterior(
+        grid = self.grid(setup)
+        runs = []
+        for output in results:
+            result = collect(output, stats["ess_trace"], self.unstable, grid)
+            run_stats = {"ess": result.ess, "ancestors": result.ancestors}
+            run_stats["resampled"] = result.resampled
+            values = {setup.site: result.x}
+            runs.append(ParticleRun(values, result.log_weights, result.log_evidence, run_stats))
+        stats = {**stats, "kernel": result.kernel}
+        return pool_runs(
             setup.problem,
-            {setup.site: result.x.unsqueeze(0)},
-            log_weights=result.log_weights.unsqueeze(0),
-            stats={
-                **stats,
-                "ess": result.ess,
-                "ancestors": result.ancestors,
-                "resampled": result.resampled,
-                "kernel": result.kernel,
-            },
-            method=self.name,
+            runs,
+            stats,
+            self.name,
+            max_rhat=DEFAULT_MAX_RHAT if self.rhat is None else self.rhat,
+            suggestion="use more particles (num_samples) or set rhat= to double them until "
+            "the runs agree",
         )

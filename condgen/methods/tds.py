@@ -137,6 +137,8 @@ class TDS(SMCMethod):
         twist_scale: A factor on :math:`\lambda_t`.
         twist_schedule: ``"snr"`` (tempered, default) or ``"constant"`` (the paper's).
         batch_size: Particles whose network evaluations run at once.
+        num_runs, rhat, max_particles: Independent runs, the quality target and its cap (see
+            :class:`~condgen.methods.smc.SMCMethod`).
 
     Stats:
         ``ess``, ``ancestors``, ``ess_trace``, ``resampled``, ``nfe`` (see
@@ -156,8 +158,11 @@ class TDS(SMCMethod):
         twist_scale: float = 1.0,
         twist_schedule: str = "snr",
         batch_size: int = 1024,
+        num_runs: int = 4,
+        rhat: float | None = None,
+        max_particles: int | None = None,
     ):
-        super().__init__(steps=steps, ess_threshold=ess_threshold, batch_size=batch_size)
+        super().__init__(steps, ess_threshold, batch_size, num_runs, rhat, max_particles)
         if twist_schedule not in ("snr", "constant"):
             raise ValueError(f"twist_schedule must be 'snr' or 'constant', got {twist_schedule!r}")
         self.twist_scale, self.twist_schedule = twist_scale, twist_schedule

@@ -56,6 +56,11 @@ class Task(abc.ABC):
             "unnormalised log posterior"
         )
 
+    def log_evidence(self) -> float | None:
+        r"""The exact log evidence :math:`\log p(y)` of the observation, or None where it has no
+        closed form."""
+        return None
+
     def reference_samples(self, num_samples: int, seed: int = 0) -> dict[str, Tensor]:
         r"""Posterior draws, ``[num_samples, *site.shape]`` per site: exact when
         :attr:`exact` is true. The global random state is left as it was."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 __all__ = ["BayesianLinearRegression", "BetaBinomial", "NormalNormal"]
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -66,6 +68,15 @@ class NormalNormal(Task):
         mean = var * (self.prior_loc / self.prior_scale**2 + y.sum(0) / self.noise**2)
         return {"x": dist.Normal(mean, var**0.5).to_event(1)}
 
+    def log_evidence(self) -> float:
+        r"""Per coordinate, :math:`(y_1, \dots, y_n) \sim \mathcal{N}(\mu_0 \mathbf 1,
+        \sigma^2 I + \tau^2 \mathbf 1 \mathbf 1^\top)`."""
+        y = self.data["y"].double().T  # [d, n]
+        n = y.shape[1]
+        cov = self.noise**2 * torch.eye(n, dtype=y.dtype) + self.prior_scale**2
+        mean = torch.full((n,), float(self.prior_loc), dtype=y.dtype)
+        return float(dist.MultivariateNormal(mean, cov).log_prob(y).sum())
+
 
 class BetaBinomial(Task):
     r"""A success probability with a constrained support: the conjugate Beta-Binomial model.
@@ -102,6 +113,14 @@ class BetaBinomial(Task):
     def posterior(self) -> dict[str, Distribution]:
         y = self.data["y"]
         return {"p": dist.Beta(self.a + y, self.b + self.num_trials - y)}
+
+    def log_evidence(self) -> float:
+        r"""The beta-binomial probability :math:`\binom{n}{y} B(a + y, b + n - y) / B(a, b)`."""
+        y, n, a, b = float(self.data["y"]), self.num_trials, self.a, self.b
+        lgamma = math.lgamma
+        log_choose = lgamma(n + 1) - lgamma(y + 1) - lgamma(n - y + 1)
+        log_beta = lgamma(a + y) + lgamma(b + n - y) - lgamma(a + b + n)
+        return log_choose + log_beta - (lgamma(a) + lgamma(b) - lgamma(a + b))
 
 
 class BayesianLinearRegression(Task):
@@ -158,3 +177,9 @@ class BayesianLinearRegression(Task):
         mean = cov @ X.T @ y / self.noise**2
         cov = (cov + cov.T) / 2
         return {"w": dist.MultivariateNormal(mean.float(), covariance_matrix=cov.float())}
+
+    def log_evidence(self) -> float:
+        r""":math:`y \sim \mathcal{N}(0, s^2 X X^\top + \sigma^2 I)`."""
+        X, y = self.features.double(), self.data["y"].double()
+        cov = self.prior_scale**2 * X @ X.T + self.noise**2 * torch.eye(len(y), dtype=y.dtype)
+        return float(dist.MultivariateNormal(torch.zeros_like(y), cov).log_prob(y))

@@ -186,6 +186,21 @@ class GaussianMixtureInverseProblem(Task):
         loc = (self.operator * x.unsqueeze(-2)).sum(-1)
         pyro.sample("y", dist.Normal(loc, self.noise).to_event(1))
 
+    def _log_component_evidence(self) -> Tensor:
+        r""":math:`\log w_k + \log \mathcal{N}(y; A m_k, A C_k A^\top + \sigma^2 I)`, float64."""
+        A, y, s2 = self.operator.double(), self.data["y"].double(), self.noise**2
+        means, covs = self.prior.means.double(), self.prior.covs.double()
+        evidence = dist.MultivariateNormal(
+            means @ A.T, A @ covs @ A.T + s2 * torch.eye(len(A), dtype=A.dtype)
+        ).log_prob(y)
+        weights = self.prior.weights.double()
+        return (weights / weights.sum()).log() + evidence
+
+    def log_evidence(self) -> float:
+        r""":math:`\log p(y) = \log \sum_k w_k \mathcal{N}(y; A m_k, A C_k A^\top + \sigma^2
+        I)`."""
+        return float(self._log_component_evidence().logsumexp(0))
+
     def posterior(self) -> dict[str, Distribution]:
         A, y, s2 = self.operator.double(), self.data["y"].double(), self.noise**2
         means, covs = self.prior.means.double(), self.prior.covs.double()
@@ -194,10 +209,7 @@ class GaussianMixtureInverseProblem(Task):
         post_covs = (post_covs + post_covs.mT) / 2
         rhs = (torch.linalg.inv(covs) @ means.unsqueeze(-1)).squeeze(-1) + A.T @ y / s2
         post_means = (post_covs @ rhs.unsqueeze(-1)).squeeze(-1)
-        evidence = dist.MultivariateNormal(
-            means @ A.T, A @ covs @ A.T + s2 * torch.eye(len(A), dtype=A.dtype)
-        ).log_prob(y)
-        log_w = self.prior.weights.double().log() + evidence
+        log_w = self._log_component_evidence()
         dtype = self.prior.means.dtype
         return {
             "x": GaussianMixturePrior(

@@ -69,6 +69,11 @@ class GaussianLinear(Task):
         mean = var * self.data["x"] / self.noise**2
         return {"theta": dist.Normal(mean, torch.full_like(mean, var**0.5)).to_event(1)}
 
+    def log_evidence(self) -> float:
+        r""":math:`x \sim \mathcal{N}(0, (s^2 + \sigma^2) I_d)`."""
+        scale = (self.prior_scale**2 + self.noise**2) ** 0.5
+        return float(dist.Normal(0.0, scale).log_prob(self.data["x"].double()).sum())
+
 
 def _moons_shift(theta: Tensor) -> Tensor:
     r"""The shift :math:`(-|\theta_1 + \theta_2| / \sqrt 2, (\theta_2 - \theta_1) / \sqrt 2)`
