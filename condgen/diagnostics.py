@@ -46,7 +46,7 @@ def convergence(posterior: Posterior) -> dict[str, float]:
     source = posterior.resample(per_chain=True)
     rhat, ess = -math.inf, math.inf
     for value in source.samples.values():
-        draws = value.flatten(2).double().cpu().numpy()  # [chains, draws, coordinates]
+        draws = value.reshape(*value.shape[:2], -1).double().cpu().numpy()  # [chains, draws, k]
         for k in range(draws.shape[-1]):
             column = draws[..., k]
             if np.ptp(column) == 0:  # a constant coordinate: nothing to compare

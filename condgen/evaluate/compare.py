@@ -179,6 +179,7 @@ def compare(
                     problem,
                     result["samples"],
                     log_weights=result["log_weights"],
+                    chain_log_weights=result["chain_log_weights"],
                     stats=result["stats"],
                     sample_stats=result["sample_stats"],
                     method=result["method"],

@@ -27,6 +27,7 @@ _FORMATS = {
     "c2st": "{:.3f}",
     "ess": "{:.0f}",
     "rhat": "{:.3f}",
+    "warnings": "{:.0f}",
 }
 
 

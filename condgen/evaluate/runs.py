@@ -60,6 +60,7 @@ def compare_run(
         row = {
             "time_s": float(posterior.stats["time_s"]),
             "nfe": float(posterior.stats.get("nfe", np.nan)),
+            "warnings": len(posterior.stats.get("warnings", [])),
         }
         if reference is not None:
             with seeded(run.seed):  # resampling weighted draws is random too
@@ -70,6 +71,7 @@ def compare_run(
         "row": row,
         "samples": posterior.samples,
         "log_weights": posterior.log_weights,
+        "chain_log_weights": posterior.chain_log_weights,
         "stats": posterior.stats,
         "sample_stats": posterior.sample_stats,
         "method": posterior.method,

@@ -11,12 +11,12 @@ __all__ = [
 ]
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-import arviz as az
 import torch
 from torch import Tensor
 
+from ..diagnostics import convergence
 from ..posterior import Posterior
 from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserstein
 
@@ -81,7 +81,9 @@ def posterior_metrics(
       indistinguishable, on equally many draws of each;
     * ``ess``: the bulk effective sample size from ArviZ (minimum over coordinates), or the
       importance ESS of the weights for weighted posteriors;
-    * ``rhat``: the largest rank-normalised R-hat (NaN with a single chain).
+    * ``rhat``: the largest rank-normalised R-hat (NaN with a single chain), of each chain
+      resampled by its own weights for weighted posteriors
+      (:func:`~condgen.diagnostics.convergence`).
 
     Weighted posteriors are measured through their weighted moments and resampled draws.
     Sample distances use at most 4000 draws of each side.
@@ -124,18 +126,8 @@ def _generator() -> torch.Generator:
 def _ess(posterior: Posterior) -> float:
     if posterior.log_weights is not None:
         return float(posterior.stats.get("ess", math.nan))
-    return _extreme(az.ess(_posterior_group(posterior), method="bulk"), min)
+    return convergence(posterior)["ess_bulk"]
 
 
 def _rhat(posterior: Posterior) -> float:
-    if posterior.log_weights is not None or posterior.num_chains < 2:
-        return math.nan
-    return _extreme(az.rhat(_posterior_group(posterior)), max)
-
-
-def _posterior_group(posterior: Posterior):
-    return az.from_dict(posterior={k: v.cpu().numpy() for k, v in posterior.samples.items()})
-
-
-def _extreme(dataset, reduce: Callable) -> float:
-    return float(reduce(reduce(v.values.ravel()) for v in dataset.data_vars.values()))
+    return convergence(posterior)["rhat"]

@@ -20,11 +20,18 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm import tqdm
 
+from ..diagnostics import check_convergence
 from ..infer import KernelSIVI
 from ..posterior import Posterior
 from ..problem import Problem, is_neural
 from .base import Method, register
 from .guide_names import GUIDES, build_guide
+
+#: What a warning of an MCMC method suggests.
+MCMC_SUGGESTION = (
+    "run longer (warmup_steps, num_samples) if the chains mix slowly, or use method='smc' "
+    "(tempered or path SMC, whose particles spread over the modes) if they sit in different modes"
+)
 
 
 class _Counted:
@@ -75,10 +82,19 @@ class NUTS(Method):
             by default :func:`init_generative_to_sample`: each chain starts its generative-prior
             sites at an independent prior draw, so chains start in different modes of a
             multimodal prior and R-hat can see what one chain cannot.
+        max_rhat: The R-hat above which the chains are said to disagree (Vehtari et al.,
+            2021, advise 1.01).
+
+    After the run, R-hat and the bulk ESS of every coordinate are checked
+    (:func:`~condgen.diagnostics.check_convergence`): chains that disagree, or fewer than 100
+    effective draws, raise a :class:`~condgen.diagnostics.ConvergenceWarning` listed in
+    ``stats["warnings"]``. Chains that all sit in one mode of a multimodal posterior agree, so
+    no R-hat can see that; where that may happen, compare with ``method="smc"``.
 
     Stats:
-        ``nfe`` (log-density gradient evaluations), ``divergences``, ``step_size`` per chain;
-        per draw ``diverging``, ``step_size``, ``n_steps``, ``lp`` in ``sample_stats``.
+        ``nfe`` (log-density gradient evaluations), ``divergences``, ``step_size`` per chain,
+        ``rhat``, ``ess_bulk``, ``warnings``; per draw ``diverging``, ``step_size``,
+        ``n_steps``, ``lp`` in ``sample_stats``.
 
     Example:
         >>> import condgen
@@ -108,9 +124,11 @@ class NUTS(Method):
         full_mass: bool = False,
         jit_compile: bool = False,
         init_strategy: Callable | None = None,
+        max_rhat: float = 1.01,
     ):
         if num_chains < 1 or warmup_steps < 0:
             raise ValueError("num_chains must be >= 1 and warmup_steps >= 0")
+        self.max_rhat = max_rhat
         self.num_chains, self.warmup_steps = num_chains, warmup_steps
         self.target_accept_prob, self.max_tree_depth = target_accept_prob, max_tree_depth
         self.full_mass, self.jit_compile = full_mass, jit_compile
@@ -129,13 +147,15 @@ class NUTS(Method):
             step_sizes.append(float(kernel.step_size))
         samples = {k: torch.stack([c[k] for c in chains]) for k in problem.latent_sites}
         sample_stats = {k: torch.stack([s[k] for s in stats]) for k in stats[0]}
-        return Posterior(
+        posterior = Posterior(
             problem,
             samples,
             sample_stats=sample_stats,
             stats={"nfe": nfe, "divergences": sum(divergences), "step_size": step_sizes},
             method=self.name,
         )
+        check_convergence(posterior, max_rhat=self.max_rhat, suggestion=MCMC_SUGGESTION)
+        return posterior
 
     def _run_chain(self, problem: Problem, draws: int, progress: bool):
         init, potential_fn, transforms, _ = initialize_model(

@@ -16,6 +16,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from tqdm import tqdm
 
+from ..diagnostics import check_convergence
 from ..posterior import Posterior
 from ..problem import Problem
 from .base import Method, register
@@ -48,8 +49,10 @@ class Gibbs(Method):
     1. a conditional SMC sweep for :math:`x \mid \theta, y` (Andrieu et al., 2010): the
        particles of :class:`~condgen.methods.SMC` (Gaussian twist and optimal proposal for a
        linear-Gaussian observation given :math:`\theta`, the TDS moves otherwise), one of which
-       follows the current path of :math:`x` and is never resampled away; the new :math:`x` is
-       a particle drawn by its final weight;
+       follows the current path of :math:`x` and is never resampled away, but draws its
+       ancestor anew at each resampling (ancestor sampling, Lindsten et al., 2014), so that a
+       sweep does not collapse onto the old path's early points; the new :math:`x` is a
+       particle drawn by its final weight;
     2. a NUTS (or HMC) transition for :math:`\theta \mid x, y`, whose log-density
        :math:`\log p(\theta) + \log p(y \mid x, \theta)` needs only the classical priors and the
        likelihood, never the neural prior's ODE.
@@ -78,6 +81,11 @@ class Gibbs(Method):
         init_strategy: A Pyro initialisation strategy for the classical sites; the neural site
             starts from an unconditional SMC sweep.
         batch_size: Particles whose network evaluations run at once.
+        max_rhat: The R-hat above which the chains are said to disagree.
+
+    The chains are checked as NUTS's are (:func:`~condgen.diagnostics.check_convergence`): an
+    R-hat above ``max_rhat`` or fewer than 100 effective draws of any coordinate raise a
+    :class:`~condgen.diagnostics.ConvergenceWarning` listed in ``stats["warnings"]``.
 
     Stats:
         ``nfe`` (denoiser evaluations per sweep, summed over sweeps), ``divergences``,
@@ -106,6 +114,9 @@ class Gibbs(Method):
     References:
         | Particle Markov chain Monte Carlo methods (Andrieu, Doucet and Holenstein, 2010)
         | https://doi.org/10.1111/j.1467-9868.2009.00736.x
+
+        | Particle Gibbs with Ancestor Sampling (Lindsten, Jordan and Schön, 2014)
+        | https://jmlr.org/papers/v15/lindsten14a.html
     """
 
     name = "gibbs"
@@ -124,6 +135,7 @@ class Gibbs(Method):
         max_tree_depth: int = 6,
         init_strategy: Callable | None = None,
         batch_size: int = 1024,
+        max_rhat: float = 1.01,
     ):
         if num_chains < 1 or warmup_steps < 0 or num_particles < 2:
             raise ValueError("need num_chains >= 1, warmup_steps >= 0 and num_particles >= 2")
@@ -134,7 +146,7 @@ class Gibbs(Method):
         self.kernel, self.num_steps = kernel, num_steps
         self.target_accept_prob, self.max_tree_depth = target_accept_prob, max_tree_depth
         self.init_strategy = init_strategy or init_generative_to_sample
-        self.batch_size = batch_size
+        self.batch_size, self.max_rhat = batch_size, max_rhat
         self.sampler = SMC(steps=steps, ess_threshold=ess_threshold, batch_size=batch_size)
         self.sampler.name = self.name  # errors of the sweeps name this method
 
@@ -167,9 +179,12 @@ class Gibbs(Method):
             "ess": sum(c["ess"] for c in chains) / len(chains),
             "ancestors": sum(c["ancestors"] for c in chains) / len(chains),
         }
-        return Posterior(
+        posterior = Posterior(
             problem, samples, sample_stats=sample_stats, stats=stats, method=self.name
         )
+        suggestion = f"give more num_particles (now {self.num_particles}) or warmup_steps"
+        check_convergence(posterior, max_rhat=self.max_rhat, suggestion=suggestion)
+        return posterior
 
     @staticmethod
     def _placeholders(problem: Problem) -> dict[str, Tensor]:

@@ -3,7 +3,16 @@ every SMC method (``"smc"``, ``"tds"``, the sweeps of ``"gibbs"``) shares."""
 
 from __future__ import annotations
 
-__all__ = ["Particles", "SMCKernel", "SMCMethod", "SMCRun", "SMCStep", "collect", "run_smc"]
+__all__ = [
+    "Particles",
+    "SMCKernel",
+    "SMCMethod",
+    "SMCRun",
+    "SMCStep",
+    "collect",
+    "normal_log_prob",
+    "run_smc",
+]
 
 import abc
 import math
@@ -19,6 +28,13 @@ from ..priors.samplers import Step, ancestral_step, integrate
 from ..problem import Problem
 from .path import PathMethod, PathSetup
 from .runs import DEFAULT_MAX_RHAT, ParticleRun, pool_runs, split_particles, until_agreement
+
+
+def normal_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    r""":math:`\log \mathcal{N}(x; \mu, c^2 I)` per particle, for points shaped
+    ``[N, *event]`` and a scalar standard deviation :math:`c`."""
+    z = ((x - mean) / std).flatten(1)
+    return -0.5 * z.pow(2).sum(-1) - z.shape[1] * (std.log() + 0.5 * math.log(2 * math.pi))
 
 
 class SMCKernel(abc.ABC):
@@ -59,6 +75,16 @@ class SMCKernel(abc.ABC):
         with torch.no_grad():
             t = self.grid[i]
             return torch.cat([self.setup.prior.denoise(c, t) for c in x_t.split(self.batch_size)])
+
+    def transition_log_prob(self, state: dict[str, Tensor], i: int, x_next: Tensor) -> Tensor:
+        r""":math:`\log p(x_{t_{i+1}} \mid x^j_{t_i})` of the ancestral kernel for one point
+        ``x_next`` and every particle :math:`j` (after :meth:`reweight`, from the kernel's state:
+        its ``"mean"``, else its denoised ``"x0"``, else a new denoiser evaluation)."""
+        mean = state.get("mean")
+        if mean is None:
+            x0 = state["x0"] if "x0" in state else self.denoise(state["x"], i)
+            mean = self.prior_mean(i, state["x"], x0)
+        return normal_log_prob(x_next.expand_as(mean), mean, self.std[i])
 
     @abc.abstractmethod
     def start(self, x: Tensor) -> dict[str, Tensor]:
@@ -195,6 +221,8 @@ class SMCStep(Step):
         log_evidence = p.log_evidence
         if ess < self.ess_threshold * len(log_w):  # False for a NaN ESS: finite() reports it
             index = _resample(log_w, self.reference is not None)
+            if self.reference is not None:
+                index[0] = self._reference_ancestor(p, i)
             state = {k: v[index] for k, v in state.items()}
             origin, resampled = origin[index], resampled + 1
             log_evidence += _log_mean_exp(log_w)
@@ -207,6 +235,18 @@ class SMCStep(Step):
             state, log_w + increment, origin, p.kernel, resampled, log_evidence, path, parents
         )
         return new, {"ess": ess}
+
+    def _reference_ancestor(self, particles: Particles, i: int) -> Tensor:
+        r"""Ancestor sampling (Lindsten, Jordan and Schön, 2014): the reference's next point
+        :math:`x'_{i+1}` takes the ancestor :math:`j` with probability :math:`\propto w^j\,
+        p(x'_{i+1} \mid x^j_i) / \tilde p_i(y \mid x^j_i)`, the conditional of its ancestor
+        index given all the particles, so that the sweep need not follow the old path back to
+        its start."""
+        p = particles
+        transition = self.kernel.transition_log_prob(p.state, i, self.reference[i + 1])
+        log_a = (p.log_w + transition - p.state["log_twist"]).double()
+        log_a = torch.nan_to_num(log_a, nan=-math.inf)
+        return torch.multinomial(log_a.softmax(0), 1)[0]
 
     def finite(self, particles: Particles) -> bool:
         finite_x = bool(torch.isfinite(particles.state["x"]).all())
@@ -233,7 +273,9 @@ def run_smc(
 
     With a ``reference`` trajectory (shaped ``[K + 1, *site.shape]``), particle 0 follows it
     and is never resampled away: the conditional SMC sweep of particle Gibbs (Andrieu et al.,
-    2010), which leaves the exact posterior of the path invariant.
+    2010), which leaves the exact posterior of the path invariant. At each resampling the
+    reference draws its ancestor anew (ancestor sampling, Lindsten et al., 2014), so that the
+    returned paths need not share the reference's early points.
 
     Arguments:
         kernel: The moves and twists.

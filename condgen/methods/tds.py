@@ -11,12 +11,7 @@ from torch import Tensor
 
 from .base import register
 from .path import PathSetup
-from .smc import SMCKernel, SMCMethod
-
-
-def _normal_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    z = ((x - mean) / std).flatten(1)
-    return -0.5 * z.pow(2).sum(-1) - z.shape[1] * (std.log() + 0.5 * math.log(2 * math.pi))
+from .smc import SMCKernel, SMCMethod, normal_log_prob
 
 
 def _clip(shift: Tensor, std: Tensor) -> Tensor:
@@ -82,8 +77,8 @@ class TDSKernel(SMCKernel):
             x[0] = reference
         new = self._twist(x, i + 1)
         increment = (
-            _normal_log_prob(x, mean, std)
-            - _normal_log_prob(x, shifted, std)
+            normal_log_prob(x, mean, std)
+            - normal_log_prob(x, shifted, std)
             + new["log_twist"]
             - state["log_twist"]
         )
