@@ -2,7 +2,15 @@ r"""Bayesian conditioning: NUTS, stochastic variational inference and importance
 
 from __future__ import annotations
 
-__all__ = ["GUIDES", "NUTS", "SVI", "Importance", "build_guide", "init_generative_to_sample"]
+__all__ = [
+    "GUIDES",
+    "NUTS",
+    "SVI",
+    "Importance",
+    "build_guide",
+    "init_generative_to_sample",
+    "spread_inits",
+]
 
 import math
 import warnings
@@ -16,16 +24,18 @@ import torch
 from pyro.infer import MCMC, Trace_ELBO
 from pyro.infer import NUTS as PyroNUTS
 from pyro.infer import SVI as PyroSVI
+from pyro.infer.autoguide import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm import tqdm
 
 from ..diagnostics import check_convergence
 from ..infer import KernelSIVI
-from ..posterior import Posterior
+from ..posterior import Posterior, systematic_resample
 from ..problem import Problem, is_neural
 from .base import Method, register
 from .guide_names import GUIDES, build_guide
+from .tempered import next_increment, scale_log_likelihood
 
 #: What a warning of an MCMC method suggests.
 MCMC_SUGGESTION = (
@@ -61,6 +71,38 @@ def init_generative_to_sample(site: dict | None = None):
     return autoguides.init_to_uniform(site)
 
 
+def spread_inits(problem: Problem, num_chains: int, num_draws: int = 1000) -> list[dict]:
+    r"""Overdispersed starting points for ``num_chains`` chains, spread over the modes.
+
+    ``num_draws`` prior draws are weighted by the tempered likelihood :math:`p(y \mid x)^\beta`,
+    :math:`\beta` chosen so that half the draws are effective (the first step of tempered SMC),
+    and resampled; the points are then picked from that cloud one by one, each the farthest
+    (in the unconstrained space, standardised by the cloud's spread) from those picked
+    before, the first at random. Chains so started in different modes of a multimodal
+    posterior disagree where NUTS cannot cross between the modes, and R-hat says so; chains
+    started near each other (Pyro's default, uniform on :math:`(-2, 2)`) may all settle in one
+    mode and agree on a wrong answer.
+
+    Returns:
+        One dict of constrained values by latent site per chain.
+    """
+    values = problem.sample_prior(num_draws)
+    with torch.no_grad():
+        log_lik = torch.nan_to_num(problem.log_likelihood(values), nan=-math.inf)
+        uniform = torch.zeros_like(log_lik)
+        beta = next_increment(uniform, log_lik, 1.0, 0.5)
+        index = systematic_resample(scale_log_likelihood(uniform, log_lik, beta), num_draws)
+        z, _ = problem.unconstrained(label="nuts").pack(values, log_lik)
+        z = z[index]
+        z = (z - z.mean(0)) / z.std(0).clamp(min=1e-12)
+    chosen = [int(torch.randint(num_draws, ()))]
+    distance = (z - z[chosen[0]]).norm(dim=-1)
+    for _ in range(num_chains - 1):
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, (z - z[chosen[-1]]).norm(dim=-1))
+    return [{k: v[index[j]] for k, v in values.items()} for j in chosen]
+
+
 @register
 class NUTS(Method):
     r"""The No-U-Turn sampler (Hoffman and Gelman, 2014), through Pyro's NUTS kernel.
@@ -78,10 +120,10 @@ class NUTS(Method):
         max_tree_depth: Maximum depth of the NUTS binary tree.
         full_mass: Whether to adapt a dense mass matrix.
         jit_compile: Whether to JIT-compile the potential energy.
-        init_strategy: A Pyro initialisation strategy (``pyro.infer.autoguide.init_to_*``);
-            by default :func:`init_generative_to_sample`: each chain starts its generative-prior
-            sites at an independent prior draw, so chains start in different modes of a
-            multimodal prior and R-hat can see what one chain cannot.
+        init_strategy: A Pyro initialisation strategy (``pyro.infer.autoguide.init_to_*``),
+            the same for every chain; by default each chain starts at its own point of
+            :func:`spread_inits`, overdispersed over the modes of a multimodal posterior, so
+            that R-hat can see what one chain cannot.
         max_rhat: The R-hat above which the chains are said to disagree (Vehtari et al.,
             2021, advise 1.01).
 
@@ -132,14 +174,20 @@ class NUTS(Method):
         self.num_chains, self.warmup_steps = num_chains, warmup_steps
         self.target_accept_prob, self.max_tree_depth = target_accept_prob, max_tree_depth
         self.full_mass, self.jit_compile = full_mass, jit_compile
-        self.init_strategy = init_strategy or init_generative_to_sample
+        self.init_strategy = init_strategy
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         problem.require_continuous(self.name)
         draws = math.ceil(num_samples / self.num_chains)
         chains, stats, nfe, divergences, step_sizes = [], [], 0, [], []
-        for _ in range(self.num_chains):
-            samples, chain_stats, kernel, count = self._run_chain(problem, draws, progress)
+        if self.init_strategy is None:
+            strategies = [init_to_value(values=v) for v in spread_inits(problem, self.num_chains)]
+        else:
+            strategies = [self.init_strategy] * self.num_chains
+        for strategy in strategies:
+            samples, chain_stats, kernel, count = self._run_chain(
+                problem, draws, strategy, progress
+            )
             chains.append(samples)
             stats.append(chain_stats)
             nfe += count
@@ -157,14 +205,14 @@ class NUTS(Method):
         check_convergence(posterior, max_rhat=self.max_rhat, suggestion=MCMC_SUGGESTION)
         return posterior
 
-    def _run_chain(self, problem: Problem, draws: int, progress: bool):
+    def _run_chain(self, problem: Problem, draws: int, init_strategy: Callable, progress: bool):
         init, potential_fn, transforms, _ = initialize_model(
             problem.conditioned_model,
             problem.args,
             problem.kwargs,
             max_plate_nesting=problem.max_plate_nesting,
             jit_compile=self.jit_compile,
-            init_strategy=self.init_strategy,
+            init_strategy=init_strategy,
         )
         counted = _Counted(potential_fn)
         kernel = PyroNUTS(
