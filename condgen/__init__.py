@@ -7,6 +7,7 @@ __all__ = [
     "Site",
     "compare",
     "condition",
+    "diagnostics",
     "evaluate",
     "guides",
     "infer",
@@ -23,7 +24,7 @@ with warnings.catch_warnings():  # ArviZ 0.23's daily banner about its 1.0 refac
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
     import arviz  # noqa: F401
 
-from . import evaluate, guides, infer, methods, priors
+from . import diagnostics, evaluate, guides, infer, methods, priors
 from .conditioning import condition
 from .evaluate.compare import compare
 from .likelihoods import LinearGaussian

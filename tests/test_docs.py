@@ -11,6 +11,7 @@ import condgen
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PACKAGES = [
+    "condgen.diagnostics",
     "condgen.methods",
     "condgen.priors",
     "condgen.guides",

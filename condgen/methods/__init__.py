@@ -16,6 +16,7 @@ __all__ = [
     "NPEMethod",
     "NPSEMethod",
     "PiGDM",
+    "TemperedSMC",
     "available",
     "describe",
     "get",
@@ -29,5 +30,6 @@ from .gibbs import Gibbs
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
 from .tds import TDS
+from .tempered import TemperedSMC
 
 from .amortized import FMPEMethod, NPEMethod, NPSEMethod  # isort: skip (registered last)

@@ -10,10 +10,14 @@ import math
 import torch
 from torch import Tensor
 
+from ..posterior import Posterior
+from ..priors.path import PathPrior
+from ..problem import Problem
 from .base import register
 from .path import PathSetup
 from .smc import SMCKernel, SMCMethod
 from .tds import TDSKernel
+from .tempered import TemperedSMC, exact_log_density
 
 
 def _gaussian_log_prob(residual: Tensor, chol: Tensor) -> Tensor:
@@ -139,6 +143,16 @@ class SMC(SMCMethod):
     ``moment_samples`` prior draws otherwise); they only shape the twist, so an error in them
     costs efficiency, not correctness.
 
+    On a model whose every latent site has an exact log-density (classical distributions, a
+    normalizing flow, a mixture prior beside a noise scale), ``smc`` is tempered SMC
+    (:class:`~condgen.methods.TemperedSMC` with this method's ``num_runs``, ``rhat`` and
+    ``max_particles``; ``steps`` and the path options do not apply), except for a path prior
+    alone with a linear-Gaussian observation, where the path sampler's optimal proposal is
+    better. A diffusion or flow-matching prior always takes the path: with a likelihood that is
+    not linear-Gaussian its TDS moves can put the mode masses wrong (a Gaussian prior
+    :math:`\mathcal{N}(0, 4)` walked along its path with :math:`y_i \sim \mathcal{N}(\theta^2,
+    0.5)`, 20 observations, 2000 particles: runs at R-hat 1.1-1.7, a warning on 5 of 5 seeds).
+
     Known bias: the ancestral kernel has the exact mean of the reverse transition
     :math:`p(x_s \mid x_t)` but leaves :math:`a^2 \mathrm{Cov}[x \mid x_t]` out of its
     covariance, which moves mass between the prior's modes to first order in the step size: on
@@ -207,6 +221,21 @@ class SMC(SMCMethod):
             raise ValueError(f"moment_samples must be at least 2, got {moment_samples}")
         self.moment_samples = moment_samples
         self._moments: tuple | None = None  # (prior, spectral moments), set by moments()
+
+    def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
+        sites = list(problem.latent_sites.values())
+        exact = all(map(exact_log_density, sites))
+        if len(sites) == 1 and isinstance(sites[0].base, PathPrior):
+            path = not exact or self.setup(problem).linear is not None
+        else:
+            path = not exact  # the path sampler refuses other sites with a clear error
+        if path:
+            return super().run(problem, num_samples, progress)
+        tempered = TemperedSMC(
+            num_runs=self.num_runs, rhat=self.rhat, max_particles=self.max_particles
+        )
+        tempered.name = self.name  # its messages and the Posterior name this method
+        return tempered.run(problem, num_samples, progress)
 
     def kernel(self, setup: PathSetup) -> SMCKernel:
         grid = self.grid(setup)
