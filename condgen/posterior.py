@@ -18,7 +18,9 @@ _ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 _CHUNK = 1024
 
 
-def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
+def systematic_resample(
+    log_weights: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
     r"""Draws ancestor indices by systematic resampling.
 
     With normalised weights :math:`w_i` and one uniform :math:`u \sim U(0, 1)`, the indices
@@ -28,6 +30,7 @@ def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
     Arguments:
         log_weights: Unnormalised log-weights, shaped ``[N]``.
         num_samples: The number :math:`n` of indices to draw.
+        generator: The generator of :math:`u` (default: torch's global one).
 
     Returns:
         The indices, shaped ``[n]``.
@@ -35,7 +38,7 @@ def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
     weights = torch.softmax(log_weights.detach().double(), dim=0)
     cdf = weights.cumsum(0)
     cdf[-1] = 1.0
-    u = torch.rand((), dtype=cdf.dtype, device=cdf.device)
+    u = torch.rand((), dtype=cdf.dtype, device=cdf.device, generator=generator)
     points = (torch.arange(num_samples, dtype=cdf.dtype, device=cdf.device) + u) / num_samples
     return torch.searchsorted(cdf, points).clamp(max=len(weights) - 1)
 
@@ -188,7 +191,8 @@ class Posterior:
 
         Returns:
             An unweighted posterior. An unweighted posterior is returned unchanged when
-            ``num_samples`` is None.
+            ``num_samples`` is None. A seeded run (``stats["seed"]``) resamples the same way at
+            every call.
         """
         total = self.num_chains * self.num_draws
         if num_samples is None and self.log_weights is None:
@@ -202,13 +206,23 @@ class Posterior:
                 self._per_chain = self._select(self._per_chain_index())
             return self._per_chain
         num_samples = total if num_samples is None else num_samples
-        return self._select(systematic_resample(self._pooled_log_weights(), num_samples))
+        index = systematic_resample(self._pooled_log_weights(), num_samples, self._generator())
+        return self._select(index)
+
+    def _generator(self) -> torch.Generator | None:
+        r"""A generator seeded with the run's seed (``stats["seed"]``), so that resampling a
+        seeded run gives the same draws each time; None (torch's global generator) without."""
+        seed = self.stats.get("seed")
+        if seed is None:
+            return None
+        device = next(iter(self.samples.values())).device
+        return torch.Generator(device=device).manual_seed(int(seed))
 
     def _per_chain_index(self) -> Tensor:
-        rows = []
+        rows, generator = [], self._generator()
         for c, log_w in enumerate(self.log_weights):
-            index = systematic_resample(log_w, self.num_draws)
-            order = torch.randperm(self.num_draws, device=index.device)
+            index = systematic_resample(log_w, self.num_draws, generator)
+            order = torch.randperm(self.num_draws, device=index.device, generator=generator)
             rows.append(c * self.num_draws + index[order])  # random order: split-R-hat halves
         return torch.stack(rows)
 

@@ -21,6 +21,8 @@ from ..problem import Problem
 #: thousand particles split among four runs, R-hat of runs that agree scatters up to about 1.02.
 DEFAULT_MAX_RHAT = 1.05
 
+_COSTS = ("nfe", "vjp")  # per-particle costs, summed over the attempts of until_agreement
+
 
 @dataclass
 class ParticleRun:
@@ -121,20 +123,22 @@ def until_agreement(
     warns about what the last attempt's checks found.
 
     Stats added: ``attempts`` (the particles of each attempt), ``particles`` (of the last),
-    and ``nfe`` becomes the network (or model) evaluations of all attempts per requested
-    particle, :math:`\sum_a n_a \mathrm{nfe}_a / n`.
+    and ``nfe`` (and ``vjp``) become the network (or model) evaluations of all attempts per
+    requested particle, :math:`\sum_a n_a \mathrm{nfe}_a / n`.
     """
     limit = 8 * num_samples if max_particles is None else max_particles
     if rhat is not None and limit < num_samples:
         raise ValueError(f"max_particles ({limit}) is below num_samples ({num_samples})")
-    attempts, cost, n = [], 0.0, num_samples
+    attempts, cost, n = [], dict.fromkeys(_COSTS, 0.0), num_samples
     while True:
         posterior = run(n)
         attempts.append(n)
-        cost += n * posterior.stats.get("nfe", 0)
+        for key in cost:
+            cost[key] += n * posterior.stats.get(key, 0)
         if rhat is None or not posterior.stats["warnings"] or 2 * n > limit:
             break
         n *= 2
-    posterior.stats.update(attempts=attempts, particles=n, nfe=cost / num_samples)
+    posterior.stats.update(attempts=attempts, particles=n)
+    posterior.stats.update({k: v / num_samples for k, v in cost.items() if k in posterior.stats})
     emit(posterior)
     return posterior

@@ -56,6 +56,8 @@ class SMCKernel(abc.ABC):
 
     #: The kernel's name, reported in the stats of a run.
     name: str
+    #: Vector-Jacobian products of the denoiser taken so far, over all particles.
+    vjp: int = 0
 
     def __init__(self, setup: PathSetup, grid: Tensor, batch_size: int):
         self.setup, self.grid, self.batch_size = setup, grid, batch_size
@@ -129,6 +131,7 @@ class SMCRun:
         ancestors: How many distinct particles of the first time the final ones descend from
             (the ESS does not show a collapse that resampling hides; this does).
         kernel: The name of the kernel that moved the particles.
+        vjp: The vector-Jacobian products of the denoiser the kernel took, per particle.
         log_evidence: The estimate :math:`\log \hat Z` of :math:`\log p(y)` (of the path
             discretised on the grid): the sum over the resampling epochs of the log mean
             unnormalised weight (meaningless for a conditional sweep).
@@ -142,6 +145,7 @@ class SMCRun:
     resampled: int
     ancestors: int
     kernel: str
+    vjp: float
     log_evidence: float
     path: Tensor | None = field(default=None, repr=False)
 
@@ -167,14 +171,14 @@ def _resample(log_w: Tensor, conditional: bool) -> Tensor:
 @dataclass
 class Particles:
     r"""The state of :class:`SMCStep`: the kernel's per-particle state, the log-weights, the
-    index of each particle's first-time ancestor, the kernel's name, the log evidence of the
+    index of each particle's first-time ancestor, the kernel, the log evidence of the
     resampling epochs so far, and, with ``keep_path``, the points and the resampling indices of
     every step."""
 
     state: dict[str, Tensor]
     log_w: Tensor
     origin: Tensor
-    kernel: str
+    kernel: SMCKernel
     resampled: int = 0
     log_evidence: float = 0.0
     path: list[Tensor] | None = None
@@ -211,7 +215,7 @@ class SMCStep(Step):
         state = self.kernel.start(x)
         origin = torch.arange(len(x), device=x.device)
         path = [x] if self.keep_path else None
-        return Particles(state, state["log_twist"].clone(), origin, self.kernel.name, path=path)
+        return Particles(state, state["log_twist"].clone(), origin, self.kernel, path=path)
 
     def step(self, particles: Particles, i: int, t: Tensor, s: Tensor) -> tuple[Particles, dict]:
         p = particles
@@ -310,7 +314,8 @@ def collect(
         ess_trace,
         particles.resampled,
         len(particles.origin.unique()),
-        particles.kernel,
+        particles.kernel.name,
+        particles.kernel.vjp / len(x0),
         particles.log_evidence + _log_mean_exp(log_w),
         None if path is None else _trajectories(path, particles.parents),
     )
@@ -355,8 +360,9 @@ class SMCMethod(PathMethod):
         ``ess_bulk``, ``warnings``; per run ``ancestors`` (distinct first-time particles the
         final ones descend from), ``resampled`` (steps that resampled); ``ess`` (of the final
         weights, summed over the runs), ``ess_trace`` (before each step's resampling, averaged
-        over the runs), ``nfe`` (per particle), ``kernel`` (the name of the kernel that moved
-        the particles), ``attempts`` (particles of each attempt).
+        over the runs), ``nfe`` (denoiser passes per particle), ``vjp`` (vector-Jacobian
+        products of the denoiser per particle: one a step for the TDS moves), ``kernel`` (the
+        name of the kernel that moved the particles), ``attempts`` (particles of each attempt).
     """
 
     family = "bayesian"
@@ -406,7 +412,7 @@ class SMCMethod(PathMethod):
             run_stats["resampled"] = result.resampled
             values = {setup.site: result.x}
             runs.append(ParticleRun(values, result.log_weights, result.log_evidence, run_stats))
-        stats = {**stats, "kernel": result.kernel}
+        stats = {**stats, "kernel": result.kernel, "vjp": result.vjp}
         return pool_runs(
             setup.problem,
             runs,
