@@ -2,6 +2,7 @@ r"""Tasks with known posteriors and metrics that measure draws against them."""
 
 __all__ = [
     "METRICS",
+    "SLCP",
     "Banana",
     "BayesianLinearRegression",
     "BetaBinomial",
@@ -45,6 +46,7 @@ from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserste
 from .mixed import UnknownNoiseMixture
 from .parallel import map_jobs
 from .tasks import (
+    SLCP,
     BayesianLinearRegression,
     BetaBinomial,
     GaussianLinear,

@@ -3,13 +3,14 @@ r"""Conditioning tasks with a known posterior, and a registry of them by name.
 The tasks come in families, one module each: :mod:`~condgen.evaluate.tasks.conjugate` (closed-form
 conjugate posteriors), :mod:`~condgen.evaluate.tasks.mixture` (a Gaussian-mixture prior observed
 linearly) and :mod:`~condgen.evaluate.tasks.sbi` (the simulation-based inference benchmark's
-Gaussian linear and two-moons tasks); :class:`Task` (in :mod:`~condgen.evaluate.tasks.base`) is
-their base class. The registry lives here.
+Gaussian linear, two-moons and SLCP tasks); :class:`Task` (in
+:mod:`~condgen.evaluate.tasks.base`) is their base class. The registry lives here.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "SLCP",
     "TASKS",
     "BayesianLinearRegression",
     "BetaBinomial",
@@ -32,7 +33,7 @@ from .base import Task
 from .base import _generator as _generator  # for the task modules outside this package
 from .conjugate import BayesianLinearRegression, BetaBinomial, NormalNormal
 from .mixture import _CIRCLE, GaussianMixtureInverseProblem
-from .sbi import GaussianLinear, TwoMoons, TwoMoonsLikelihood
+from .sbi import SLCP, GaussianLinear, TwoMoons, TwoMoonsLikelihood
 
 TASKS: dict[str, type[Task] | Callable[..., Task]] = {}
 r"""The tasks by name: a :class:`Task` subclass or a function that returns a task."""
@@ -159,6 +160,7 @@ register_task("gmm", GaussianMixtureInverseProblem)
 register_task("gmm-circle", GaussianMixtureInverseProblem.circle, description=_CIRCLE)
 register_task("gaussian-linear", GaussianLinear)
 register_task("two-moons", TwoMoons)
+register_task("slcp", SLCP)
 register_task("normal-normal", NormalNormal)
 register_task("linear-regression", BayesianLinearRegression)
 register_task("beta-binomial", BetaBinomial)

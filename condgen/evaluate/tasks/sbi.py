@@ -1,12 +1,16 @@
 r"""Tasks of the simulation-based inference benchmark: the Gaussian linear task and the
-two-moons simulator, with their exact posteriors."""
+two-moons simulator, with their exact posteriors, and SLCP with sbibm's reference draws."""
 
 from __future__ import annotations
 
-__all__ = ["GaussianLinear", "TwoMoons", "TwoMoonsLikelihood"]
+__all__ = ["SLCP", "GaussianLinear", "TwoMoons", "TwoMoonsLikelihood"]
 
+import bz2
+import csv
+import importlib.util
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -293,3 +297,168 @@ class TwoMoons(Task):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(observation={self.data['x'].tolist()})"
+
+
+def _sbibm_slcp_files() -> Path:
+    r"""The folder of sbibm's SLCP files (observations, reference draws), found without
+    importing sbibm (whose imports need packages condgen does not)."""
+    spec = importlib.util.find_spec("sbibm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "SLCP's observations and reference draws are those of sbibm, which is not "
+            "installed: `pip install --no-deps sbibm` (its data files only are read), or pass "
+            "an observation tensor"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tasks" / "slcp" / "files"
+    if not folder.is_dir():
+        raise ImportError(f"sbibm is installed but has no SLCP files at {folder}")
+    return folder
+
+
+def _read_csv(path: Path) -> Tensor:
+    r"""A numeric CSV file with a header row (plain or ``.bz2``), as ``[rows, columns]``."""
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    return torch.tensor([[float(v) for v in row] for row in rows if row])
+
+
+class SLCP(Task):
+    r"""The SLCP task ("simple likelihood, complex posterior") of the simulation-based
+    inference benchmark, as a Pyro model.
+
+    .. math:: \theta \sim \mathcal{U}([-3, 3]^5), \quad x_1, \dots, x_4 \mid \theta
+        \overset{\text{iid}}{\sim} \mathcal{N}(m, S),
+
+    with :math:`m = (\theta_1, \theta_2)`, :math:`s_1 = \theta_3^2`, :math:`s_2 =
+    \theta_4^2`, :math:`\rho = \tanh \theta_5` and
+
+    .. math:: S = \begin{pmatrix} s_1^2 + \epsilon & \rho s_1 s_2 \\ \rho s_1 s_2 &
+        s_2^2 + \epsilon \end{pmatrix}, \quad \epsilon = 10^{-6}
+
+    (sbibm's simulator adds :math:`\epsilon` to the diagonal). The latent site ``"theta"`` is
+    shaped ``[5]``, the observed site ``"x"`` ``[4, 2]``: sbibm's 8-D observation is the four
+    2-D draws one after the other, :math:`(x_{1,1}, x_{1,2}, x_{2,1}, \dots, x_{4,2})`. The
+    likelihood depends on :math:`\theta_3` and :math:`\theta_4` through their squares only,
+    so the posterior has four mirror modes (the signs of :math:`\theta_3` and
+    :math:`\theta_4`), narrow at sbibm's observations.
+
+    The likelihood is evaluated through the Cholesky factor of :math:`S` in closed form,
+    :math:`L_{11} = \sqrt{S_{11}}`, :math:`L_{21} = S_{12} / L_{11}`, :math:`L_{22} =
+    \sqrt{s_2^2 (\operatorname{sech}^2 \theta_5 + \rho^2 \epsilon / S_{11}) + \epsilon}`
+    (:math:`S_{22} - L_{21}^2` written without cancellation), which no batch of particles
+    can make fail.
+
+    There is no exact sampler (``exact = False``): :meth:`reference_samples` gives sbibm's
+    10,000 reference draws of the observation (rejection sampling from a proposal fitted to
+    sampling-importance-resampling, by the benchmark's authors). The observations and draws are
+    read from the files of the ``sbibm`` package (``pip install --no-deps sbibm``; nothing is
+    downloaded, and sbibm is not imported), which condgen does not depend on; a task built on an
+    observation tensor needs no sbibm, and has no reference draws.
+
+    Arguments:
+        observation: sbibm's observation number, 1 to 10, or an observation: 8 numbers
+            (shaped ``[8]``, ``[1, 8]`` as sbibm gives them, or ``[4, 2]``).
+
+    Attributes:
+        truth: The parameter that simulated sbibm's observation (None for a given tensor).
+
+    Raises:
+        ImportError: If an observation number is given and sbibm is not installed.
+
+    Example:
+        >>> import torch
+        >>> from condgen.evaluate import SLCP
+        >>> task = SLCP(observation=torch.zeros(8))
+        >>> task.data["x"].shape, task.log_joint({"theta": torch.ones(3, 5)}).shape
+        (torch.Size([4, 2]), torch.Size([3]))
+
+    References:
+        | Sequential Neural Likelihood (Papamakarios, Sterratt and Murray, 2019)
+        | https://arxiv.org/abs/1805.07226
+
+        | Benchmarking Simulation-Based Inference (Lueckmann et al., 2021)
+        | https://arxiv.org/abs/2101.04653
+    """
+
+    name = "slcp"
+    description = (
+        "uniform prior on [-3, 3]^5, 4 draws of a 2-D Gaussian with mean and covariance set by "
+        "theta: the SBI benchmark's SLCP task (sbibm's observations and reference draws)"
+    )
+    exact = False
+    default_methods = ("nuts", "tempered")
+    num_data, jitter, bound = 4, 1e-6, 3.0
+    num_observations = 10
+
+    def __init__(self, observation: int | Tensor | Sequence[float] = 1):
+        self.num_observation: int | None = None
+        self.truth: Tensor | None = None
+        self._reference: Tensor | None = None
+        if isinstance(observation, int) and not isinstance(observation, bool):
+            if not 1 <= observation <= self.num_observations:
+                raise ValueError(
+                    f"sbibm's SLCP observations are numbered 1 to {self.num_observations}, "
+                    f"got {observation}"
+                )
+            folder = _sbibm_slcp_files() / f"num_observation_{observation}"
+            self.num_observation = observation
+            x = _read_csv(folder / "observation.csv")
+            self.truth = _read_csv(folder / "true_parameters.csv").reshape(5)
+        else:
+            x = torch.as_tensor(observation, dtype=torch.get_default_dtype())
+            if x.numel() != 2 * self.num_data or x.shape not in ((8,), (1, 8), (4, 2)):
+                raise ValueError(
+                    f"observation must be a number 1 to {self.num_observations} or 8 numbers "
+                    f"(shaped [8], [1, 8] or [4, 2]), got shape {tuple(x.shape)}"
+                )
+            if not torch.isfinite(x).all():
+                raise ValueError("observation must be finite")
+        self.data = {"x": x.reshape(self.num_data, 2)}
+
+    def likelihood(self, theta: Tensor) -> Distribution:
+        r"""The distribution of the four draws given ``theta`` ``[*batch, 5]``: batch shape
+        ``batch``, event shape ``[4, 2]``."""
+        m = theta[..., :2]
+        s1, s2, rho = theta[..., 2] ** 2, theta[..., 3] ** 2, theta[..., 4].tanh()
+        var1 = s1**2 + self.jitter
+        l11 = var1.sqrt()
+        l21 = rho * s1 * s2 / l11
+        sech2 = 1 / theta[..., 4].cosh() ** 2
+        l22 = (s2**2 * (sech2 + rho**2 * self.jitter / var1) + self.jitter).sqrt()
+        zero = torch.zeros_like(l11)
+        scale_tril = torch.stack((l11, zero, l21, l22), dim=-1).reshape(*l11.shape, 2, 2)
+        draw = dist.MultivariateNormal(m.unsqueeze(-2), scale_tril=scale_tril.unsqueeze(-3))
+        return draw.expand((*theta.shape[:-1], self.num_data)).to_event(1)
+
+    def model(self) -> None:
+        prior = dist.Uniform(-self.bound, self.bound).expand([5]).to_event(1)
+        theta = pyro.sample("theta", prior)
+        pyro.sample("x", self.likelihood(theta))
+
+    def reference_samples(self, num_samples: int, seed: int = 0) -> dict[str, Tensor]:
+        r"""``num_samples`` of sbibm's 10,000 reference posterior draws (a random subset
+        chosen by ``seed``, without replacement), ``{"theta": [num_samples, 5]}``.
+
+        Raises:
+            ValueError: If the task was built on an observation tensor (no reference draws),
+                or more than 10,000 draws are asked for.
+        """
+        if self.num_observation is None:
+            raise ValueError(
+                "SLCP has reference draws for sbibm's observations only (observation=1..10), "
+                "not for a given observation tensor"
+            )
+        if self._reference is None:
+            folder = _sbibm_slcp_files() / f"num_observation_{self.num_observation}"
+            self._reference = _read_csv(folder / "reference_posterior_samples.csv.bz2")
+        available = len(self._reference)
+        if not 0 <= num_samples <= available:
+            raise ValueError(f"sbibm has {available} reference draws, {num_samples} were asked")
+        index = torch.randperm(available, generator=_generator(seed))[:num_samples]
+        return {"theta": self._reference[index].clone()}
+
+    def __repr__(self) -> str:
+        if self.num_observation is not None:
+            return f"{type(self).__name__}(observation={self.num_observation})"
+        return f"{type(self).__name__}(observation={self.data['x'].reshape(-1).tolist()})"
