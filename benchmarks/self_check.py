@@ -3,18 +3,18 @@ independent runs, bulk ESS, the spread of the runs' log evidence) on the Gaussia
 inverse problems (see "Gaussian-mixture inverse problem"), against exact posterior draws and the
 exact log evidence, beside ``tds``.
 
-For each problem (d, d_y, seed) three samplers run with the same particles and steps:
-``smc`` (the default exact sampler), ``tds`` (the twisted diffusion sampler) and ``smc`` with
-the quality target ``SMC(rhat=1.01)``, which doubles its particles until no check warns (up to
-8 times as many). Each run is scored by
+For each problem (d, d_y, seed) four samplers run with the same particles: ``smc`` (the
+default exact sampler), ``tds`` (the twisted diffusion sampler), ``CovarianceSMC`` (whose
+transition carries Cov[x | x_t], from two VJPs a step) at a third of the steps, hence the same
+cost as ``smc``, and ``smc`` with the quality target ``SMC(rhat=1.01)``, which doubles its
+particles until no check warns (up to 8 times as many). Each run is scored by
 
 * the sliced Wasserstein distance (SW) of its draws (resampled to as many equally weighted
   draws as the reference has) to exact posterior draws, against the floor: the distance
   between two independent sets of exact draws of that size;
-* its cost per requested particle: denoiser evaluations (NFE), vector-Jacobian products
-  (VJPs) and Jacobian-vector products (JVPs), counted by a wrapper of the prior's denoiser
-  (a call made on an input that requires a gradient, under grad mode, is counted as one
-  forward evaluation and one VJP), each counted as one network evaluation;
+* its cost per requested particle: denoiser evaluations (NFE) and vector-Jacobian products
+  (VJPs), each counted as one network evaluation, from the samplers' stats ``nfe`` and
+  ``vjp`` (no sampler takes a Jacobian-vector product);
 * whether it warned (``stats["warnings"]``), its R-hat, and the z-score of its log evidence,
   ``(log_evidence - exact) / log_evidence_se``.
 
@@ -54,7 +54,7 @@ from torch import Tensor
 
 import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem, sliced_wasserstein
-from condgen.methods import SMC, TDS
+from condgen.methods import SMC, TDS, CovarianceSMC
 
 SECTION = "Self-check of the SMC samplers"
 NUM_PROJECTIONS = 1024  # as "Gaussian-mixture inverse problem"
@@ -65,33 +65,14 @@ MIN_Z_WITHIN = 0.95  # the target: |z| <= 3 on at least 95% of the problems
 MAX_COST_RATIO = 16.0  # the quality target's cost against tds's
 
 
-class CountingDenoiser:
-    r"""Counts the evaluations of a path prior's denoiser, per particle: every call adds its
-    particles to ``forward``; a call under grad mode on an input that requires a gradient (the
-    samplers differentiate those calls, ``tds`` once each) adds them to ``vjp`` too. No sampler
-    here takes a JVP; ``jvp`` stays 0 and is reported so that the count is complete."""
-
-    def __init__(self, prior):
-        self.forward = self.vjp = self.jvp = 0
-        self._denoise = prior.denoise
-        prior.denoise = self  # an instance attribute: this prior object only
-
-    def __call__(self, x_t: Tensor, t: Tensor | float) -> Tensor:
-        n = len(x_t) if x_t.dim() > 1 else 1
-        self.forward += n
-        if torch.is_grad_enabled() and x_t.requires_grad:
-            self.vjp += n
-        return self._denoise(x_t, t)
-
-    def reset(self) -> None:
-        self.forward = self.vjp = self.jvp = 0
-
-
 def samplers(steps: int, num_samples: int, rhat: float, max_factor: int) -> dict[str, object]:
-    r"""The three samplers, by label: ``smc``, ``tds`` and ``smc`` with the quality target."""
+    r"""The samplers, by label: ``smc``, ``tds``, ``smc`` with the covariance kernel at a third
+    of the steps (one pass and two VJPs a step: the same cost as ``smc``), and ``smc`` with the
+    quality target."""
     return {
         "smc": SMC(steps=steps),
         "tds": TDS(steps=steps),
+        "smc (covariance)": CovarianceSMC(steps=max(steps // 3, 1)),
         f"smc (rhat={rhat:g})": SMC(
             steps=steps, rhat=rhat, max_particles=max_factor * num_samples
         ),
@@ -109,7 +90,6 @@ def _kinds(messages: list[str]) -> dict[str, bool]:
 
 def run_one(
     task: GaussianMixtureInverseProblem,
-    counter: CountingDenoiser,
     method,
     num_samples: int,
     seed: int,
@@ -118,7 +98,6 @@ def run_one(
     r"""One sampler on one problem: its SW to ``reference``, cost per requested particle,
     warnings, R-hat and log evidence; a run that raises is recorded with its error (and counts
     as warned: it did not fail silently)."""
-    counter.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ConvergenceWarnings are read from the stats
         start = time.perf_counter()
@@ -140,7 +119,7 @@ def run_one(
     sw = math.nan
     if bool(torch.isfinite(draws).all()):
         sw = float(sliced_wasserstein(draws, reference, NUM_PROJECTIONS))
-    nfe, vjp, jvp = (v / num_samples for v in (counter.forward, counter.vjp, counter.jvp))
+    nfe, vjp, jvp = stats["nfe"], stats.get("vjp", 0.0), 0.0  # per requested particle
     exact = task.log_evidence()
     se = stats["log_evidence_se"]
     z = (stats["log_evidence"] - exact) / se if se > 0 else math.nan
@@ -186,14 +165,13 @@ def benchmark(args: argparse.Namespace, log=print) -> list[dict]:
             for seed in range(args.seeds):
                 start = time.perf_counter()
                 task = GaussianMixtureInverseProblem(d, dy, seed=seed)
-                counter = CountingDenoiser(task.prior)
                 reference = task.reference_samples(n, seed=10_000 + seed)["x"]
                 second = task.reference_samples(n, seed=20_000 + seed)["x"]
                 floor = float(sliced_wasserstein(second, reference, NUM_PROJECTIONS))
                 line = []
                 runs = samplers(args.steps, n, args.rhat, args.max_factor)
                 for label, method in runs.items():
-                    result = run_one(task, counter, method, n, seed, reference)
+                    result = run_one(task, method, n, seed, reference)
                     accurate = result["sw"] <= floor + MARGIN  # False for NaN
                     record = {
                         "d": d, "dy": dy, "seed": seed, "sigma_y": task.noise, "method": label,
@@ -225,7 +203,7 @@ def _ratio(part: int, whole: int) -> str:
 def summary(records: list[dict]) -> tuple[str, str]:
     r"""The summary table (one row per d and sampler) and the checks against the targets."""
     labels = list(dict.fromkeys(r["method"] for r in records))
-    smc, tds, target = labels
+    smc, tds, *_, target = labels
     rows = [
         "| d | sampler | problems | SW ≤ floor + 0.25 | SW > tds + 0.1 | cost / particle "
         "(median, max) | cost / tds (max) | warned | silent failures | false alarms "
@@ -331,9 +309,11 @@ def failures_table(records: list[dict]) -> str:
 PROTOCOL = """\
 The problems of "Gaussian-mixture inverse problem" (`GaussianMixtureInverseProblem(d, d_y,
 seed)`: a 25-component mixture prior, y = A x + σ_y n) at d in <dims>, d_y in <obs_dims>, seeds
-0 to <last_seed>. Three samplers per problem, each with <particles> particles (split among 4
+0 to <last_seed>. Four samplers per problem, each with <particles> particles (split among 4
 independent runs) and <steps> steps: `smc` (the default exact sampler), `tds` (the twisted
-diffusion sampler, snr twist) and `smc` with the quality target `SMC(rhat=<rhat>)`, which
+diffusion sampler, snr twist), `smc (covariance)` (`CovarianceSMC`, whose transition carries
+Cov[x | x_t] from two VJPs a step, at a third of the steps: the cost of `smc`) and `smc` with
+the quality target `SMC(rhat=<rhat>)`, which
 doubles its particles until none of its checks warns, up to <factor>× (R-hat across the runs
 above the target, bulk ESS below 100, or standard deviation of the runs' log evidence above 1;
 without a target R-hat is checked at 1.05).
@@ -344,13 +324,12 @@ without a target R-hat is checked at 1.05).
   "Gaussian-mixture inverse problem"). A run is accurate when SW ≤ floor + 0.25; "SW > tds +
   0.1" counts the problems where the sampler is worse than `tds` by more than 0.1.
 * Cost per requested particle: denoiser evaluations (NFE) plus vector-Jacobian products
-  (VJPs) plus Jacobian-vector products (JVPs), each counted as one network evaluation, by a
-  wrapper of the prior's denoiser (a call on an input that requires a gradient is a forward
-  evaluation and a VJP). `smc`: one denoiser call per particle and step and one at the end, no
-  gradient (its stat `nfe`); `tds`: a denoiser call and its VJP per particle at each of the
-  <steps1> times (<tds_cost> in all; a VJP of a network costs about twice a forward pass, so this
-  count is lenient to `tds`); the quality target counts every attempt, per requested particle.
-  No sampler takes a JVP.
+  (VJPs), each counted as one network evaluation, from the samplers' stats `nfe` and `vjp`.
+  `smc`: one denoiser call per particle and step and one at the end, no gradient; `tds`: a
+  denoiser call and its VJP per particle at each of the <steps1> times (<tds_cost> in all; a VJP
+  of a network costs about twice a forward pass, so this count is lenient to `tds`);
+  `smc (covariance)`: a denoiser call and two VJPs a step at a third of the steps; the quality
+  target counts every attempt, per requested particle. No sampler takes a JVP.
 * Self-check: warned = `post.stats["warnings"]` is not empty. A silent failure is a run above
   floor + 0.25 that did not warn (target 0); a false alarm a run within floor + 0.25 that warned
   (target at most 1 in 5 of those runs).

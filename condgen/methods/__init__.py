@@ -8,6 +8,7 @@ __all__ = [
     "SVI",
     "TDS",
     "ClassifierGuidance",
+    "CovarianceSMC",
     "FMPEMethod",
     "Gibbs",
     "Importance",
@@ -25,6 +26,7 @@ __all__ = [
 
 from .base import Method, available, describe, get, register
 from .bayesian import NUTS, SVI, Importance
+from .covariance_kernel import CovarianceSMC
 from .gaussian_smc import SMC
 from .gibbs import Gibbs
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM

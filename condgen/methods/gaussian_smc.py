@@ -21,9 +21,10 @@ from .tempered import TemperedSMC, exact_log_density
 
 
 def _gaussian_log_prob(residual: Tensor, chol: Tensor) -> Tensor:
-    r""":math:`\log \mathcal{N}(r; 0, L L^\top)` for residuals shaped ``[N, m]``."""
-    z = torch.linalg.solve_triangular(chol, residual.T, upper=False).T
-    log_det = chol.diagonal().log().sum()
+    r""":math:`\log \mathcal{N}(r; 0, L L^\top)` for residuals shaped ``[N, m]`` and one Cholesky
+    factor ``[m, m]`` or one per residual ``[N, m, m]``."""
+    z = torch.linalg.solve_triangular(chol, residual.unsqueeze(-1), upper=False).squeeze(-1)
+    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return -0.5 * z.pow(2).sum(-1) - log_det - 0.5 * residual.shape[-1] * math.log(2 * math.pi)
 
 
@@ -163,7 +164,11 @@ class SMC(SMCMethod):
     exact draws, at 1000 particles) put the draws more than 0.25 above the two-sample floor of
     the sliced Wasserstein distance on about half of the problems (5 of 10 in one run). Use
     more ``steps`` and particles there; the stats ``ess`` and ``ancestors`` say when too few
-    particles survive.
+    particles survive. :class:`~condgen.methods.CovarianceSMC` adds :math:`a^2 \mathrm{Cov}[x
+    \mid x_t]` to the transition (two VJPs a step): it removes that bias (mode masses at 25
+    steps: total variation 0.017 against 0.003; exact log evidence on a Gaussian prior at 20
+    steps), but at 1000 particles on the mixture benchmark the Monte Carlo error of the mode
+    masses dominates and it wins no more problems at equal cost (docs/benchmarks.md).
 
     Arguments:
         steps: The number of steps.
