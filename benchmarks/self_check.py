@@ -54,7 +54,7 @@ from torch import Tensor
 
 import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem, sliced_wasserstein
-from condgen.methods import SMC, TDS, CovarianceSMC
+from condgen.methods import SMC, TDS, CovarianceSMC, MomentTwistSMC
 
 SECTION = "Self-check of the SMC samplers"
 NUM_PROJECTIONS = 1024  # as "Gaussian-mixture inverse problem"
@@ -67,12 +67,16 @@ MAX_COST_RATIO = 16.0  # the quality target's cost against tds's
 
 def samplers(steps: int, num_samples: int, rhat: float, max_factor: int) -> dict[str, object]:
     r"""The samplers, by label: ``smc``, ``tds``, ``smc`` with the covariance kernel at a third
-    of the steps (one pass and two VJPs a step: the same cost as ``smc``), and ``smc`` with the
-    quality target."""
+    of the steps (one pass and two VJPs a step: the same cost as ``smc``), ``smc`` with the
+    local-moment twist (one pass and d_y VJPs a step) at half the steps (the cost of ``smc`` at
+    d_y = 1) and at all of them, and ``smc`` with the quality target (last: the summary reads
+    it there)."""
     return {
         "smc": SMC(steps=steps),
         "tds": TDS(steps=steps),
         "smc (covariance)": CovarianceSMC(steps=max(steps // 3, 1)),
+        "smc (moment twist)": MomentTwistSMC(steps=max(steps // 2, 1)),
+        f"smc (moment twist, {steps} steps)": MomentTwistSMC(steps=steps),
         f"smc (rhat={rhat:g})": SMC(
             steps=steps, rhat=rhat, max_particles=max_factor * num_samples
         ),
@@ -309,10 +313,12 @@ def failures_table(records: list[dict]) -> str:
 PROTOCOL = """\
 The problems of "Gaussian-mixture inverse problem" (`GaussianMixtureInverseProblem(d, d_y,
 seed)`: a 25-component mixture prior, y = A x + σ_y n) at d in <dims>, d_y in <obs_dims>, seeds
-0 to <last_seed>. Four samplers per problem, each with <particles> particles (split among 4
-independent runs) and <steps> steps: `smc` (the default exact sampler), `tds` (the twisted
-diffusion sampler, snr twist), `smc (covariance)` (`CovarianceSMC`, whose transition carries
-Cov[x | x_t] from two VJPs a step, at a third of the steps: the cost of `smc`) and `smc` with
+0 to <last_seed>. Six samplers per problem, each with <particles> particles (split among 4
+independent runs) and <steps> steps unless said: `smc` (the default exact sampler), `tds` (the
+twisted diffusion sampler, snr twist), `smc (covariance)` (`CovarianceSMC`, whose transition
+carries Cov[x | x_t] from two VJPs a step, at a third of the steps: the cost of `smc`),
+`smc (moment twist)` (`MomentTwistSMC`, whose twist carries A Cov[x | x_t] Aᵀ from d_y VJPs a
+step, at half the steps: the cost of `smc` at d_y = 1) and at all the steps, and `smc` with
 the quality target `SMC(rhat=<rhat>)`, which
 doubles its particles until none of its checks warns, up to <factor>× (R-hat across the runs
 above the target, bulk ESS below 100, or standard deviation of the runs' log evidence above 1;
@@ -328,7 +334,8 @@ without a target R-hat is checked at 1.05).
   `smc`: one denoiser call per particle and step and one at the end, no gradient; `tds`: a
   denoiser call and its VJP per particle at each of the <steps1> times (<tds_cost> in all; a VJP
   of a network costs about twice a forward pass, so this count is lenient to `tds`);
-  `smc (covariance)`: a denoiser call and two VJPs a step at a third of the steps; the quality
+  `smc (covariance)`: a denoiser call and two VJPs a step at a third of the steps;
+  `smc (moment twist)`: a denoiser call and d_y VJPs a step; the quality
   target counts every attempt, per requested particle. No sampler takes a JVP.
 * Self-check: warned = `post.stats["warnings"]` is not empty. A silent failure is a run above
   floor + 0.25 that did not warn (target 0); a false alarm a run within floor + 0.25 that warned

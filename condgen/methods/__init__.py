@@ -14,6 +14,7 @@ __all__ = [
     "Importance",
     "Langevin",
     "Method",
+    "MomentTwistSMC",
     "NPEMethod",
     "NPSEMethod",
     "PiGDM",
@@ -31,6 +32,7 @@ from .gaussian_smc import SMC
 from .gibbs import Gibbs
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
+from .moment_twist import MomentTwistSMC
 from .tds import TDS
 from .tempered import TemperedSMC
 

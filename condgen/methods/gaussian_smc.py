@@ -169,6 +169,10 @@ class SMC(SMCMethod):
     steps: total variation 0.017 against 0.003; exact log evidence on a Gaussian prior at 20
     steps), but at 1000 particles on the mixture benchmark the Monte Carlo error of the mode
     masses dominates and it wins no more problems at equal cost (docs/benchmarks.md).
+    :class:`~condgen.methods.MomentTwistSMC` twists with the spread of :math:`x` given
+    :math:`x_t` along the observed directions (:math:`d_y` VJPs a step): flatter weights and a
+    closer evidence, and more problems within the benchmark's tolerance at 100 steps (28 and 20
+    of 30 at d = 8 and 80, against 25 and 15) for 2 to 5 times the cost.
 
     Arguments:
         steps: The number of steps.

@@ -22,6 +22,7 @@ from ..problem import Problem
 from .base import Method, register
 from .bayesian import init_generative_to_sample
 from .gaussian_smc import SMC
+from .runs import DEFAULT_MAX_RHAT
 from .smc import run_smc
 
 
@@ -135,7 +136,7 @@ class Gibbs(Method):
         max_tree_depth: int = 6,
         init_strategy: Callable | None = None,
         batch_size: int = 1024,
-        max_rhat: float = 1.01,
+        max_rhat: float = DEFAULT_MAX_RHAT,
     ):
         if num_chains < 1 or warmup_steps < 0 or num_particles < 2:
             raise ValueError("need num_chains >= 1, warmup_steps >= 0 and num_particles >= 2")

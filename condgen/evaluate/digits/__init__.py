@@ -22,7 +22,7 @@ Example:
     >>> post = condgen.condition(task.model, task.data, method="tds", steps=10, num_samples=100,
     ...                          progress=False)  # the defaults: 100 steps, 1000 draws
     >>> post.samples["x"].shape
-    torch.Size([1, 100, 64])
+    torch.Size([4, 25, 64])
     >>> task.plot({"tds": post}).savefig("digits.png")
 """
 
