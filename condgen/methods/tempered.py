@@ -76,8 +76,8 @@ class _Density:
     one trace, the log-Jacobian of the unconstrained map, and the gradient of the tempered
     log-density by autograd; counts the evaluations per particle (``nfe``)."""
 
-    def __init__(self, problem: Problem, sites: UnconstrainedSites):
-        self.problem, self.sites, self.nfe = problem, sites, 0
+    def __init__(self, problem: Problem, sites: UnconstrainedSites, method: str):
+        self.problem, self.sites, self.method, self.nfe = problem, sites, method, 0
 
     def __call__(self, z: Tensor, beta: float | None = None) -> _Particles:
         r"""The particles at ``z``, with the gradient at temperature ``beta`` unless None."""
@@ -93,8 +93,8 @@ class _Density:
                     (grad,) = torch.autograd.grad((log_prior + beta * log_lik).sum(), z)
                 except RuntimeError as error:
                     raise ValueError(
-                        "method 'tempered' with kernel='hmc' needs the gradient of the model's "
-                        f"log-density, which autograd could not compute ({error}); use "
+                        f"method '{self.method}' with kernel='hmc' needs the gradient of the "
+                        f"model's log-density, which autograd could not compute ({error}); use "
                         "kernel='rwm'"
                     ) from error
         self.nfe += len(z)
@@ -225,7 +225,9 @@ def run_tempered(
     *,
     target_ess: float = 0.5,
     kernel: str = "hmc",
+    min_moves: int = 3,
     max_moves: int = 10,
+    method: str = "tempered",
     bar: tqdm | None = None,
 ) -> ParticleRun:
     r"""One particle system of tempered SMC (see :class:`TemperedSMC`).
@@ -238,7 +240,9 @@ def run_tempered(
             this fraction of their effective sample size.
         kernel: The moves: ``"hmc"`` (gradients by autograd) or ``"rwm"`` (random walk,
             for a model without gradients).
+        min_moves: The fewest moves per temperature.
         max_moves: The most moves per temperature.
+        method: The method's name, for messages.
         bar: A progress bar, advanced by each temperature increment.
 
     Returns:
@@ -249,10 +253,20 @@ def run_tempered(
     Raises:
         FloatingPointError: If the log-likelihood or the log prior is NaN or :math:`-\infty` at
             every prior draw.
+
+    Example:
+        >>> from condgen import Problem
+        >>> from condgen.evaluate import NormalNormal
+        >>> task = NormalNormal(dim=2)
+        >>> run = run_tempered(Problem(task.model, task.data), 1000)
+        >>> run.values["x"].shape, run.stats["temperatures"][-1]
+        (torch.Size([1000, 2]), 1.0)
+        >>> bool(abs(run.log_evidence - task.log_evidence()) < 0.3)  # its sd: about 0.07
+        True
     """
     start_time = time.perf_counter()
-    sites = problem.unconstrained(label="method 'tempered'")
-    density = _Density(problem, sites)
+    sites = problem.unconstrained(label=f"method '{method}'")
+    density = _Density(problem, sites, method)
     like = torch.empty((), device=problem.device, dtype=problem.dtype)
     with torch.no_grad():
         z, _ = sites.pack(problem.sample_prior(num_particles), like)
@@ -260,7 +274,7 @@ def run_tempered(
     alive = particles.log_target(1.0) > -math.inf
     if not bool(alive.any()):
         raise FloatingPointError(
-            f"method 'tempered': the log-likelihood or the log prior is NaN or -inf at every one "
+            f"method '{method}': the log-likelihood or the log prior is NaN or -inf at every one "
             f"of {num_particles} prior draws; check the model and the observations"
         )
     # a draw of zero likelihood counts in the evidence: the weights sum to the fraction alive
@@ -285,7 +299,13 @@ def run_tempered(
         index = systematic_resample(log_weights, num_particles)
         log_weights = torch.full_like(log_weights, -math.log(num_particles))
         particles, rate, moves, step_size = _mutate(
-            density, particles.take(index), beta, covariance, step_size, kernel, max_moves
+            density,
+            particles.take(index),
+            beta,
+            covariance,
+            step_size,
+            kernel,
+            (min_moves, max_moves),
         )
         stats["acceptance"].append(rate)
         stats["moves"].append(moves)
@@ -305,12 +325,13 @@ def _mutate(
     covariance: Tensor,
     step_size: float,
     kernel: str,
-    max_moves: int,
+    moves: tuple[int, int],
 ) -> tuple[_Particles, float, int, float]:
-    r"""Moves the particles, invariant for the tempered target at ``beta``, until their mean
-    absolute correlation with their start falls below :data:`_CORRELATION` or after
-    ``max_moves`` moves; the step size is adapted after each move towards the kernel's target
-    acceptance. Returns the particles, the mean acceptance, the moves and the step size."""
+    r"""Moves the particles, invariant for the tempered target at ``beta``, at least
+    ``moves[0]`` times and then until their mean absolute correlation with their start falls
+    below :data:`_CORRELATION`, at most ``moves[1]`` times; the step size is adapted after
+    each move towards the kernel's target acceptance. Returns the particles, the mean
+    acceptance, the moves and the step size."""
     start, rates = particles.z, []
     variance = covariance.diagonal()
     if kernel == "hmc":
@@ -321,11 +342,12 @@ def _mutate(
         move, (scale, info) = _rwm_move, torch.linalg.cholesky_ex(covariance + jitter)
         if info:  # fewer particles than coordinates, or colinear ones: the variances alone
             scale = torch.diag_embed(variance.clamp(min=1e-30).sqrt())
+    min_moves, max_moves = moves
     for _ in range(max_moves):
         particles, rate = move(density, particles, beta, scale, step_size)
         rates.append(rate)
         step_size *= math.exp(2 * (rate - _TARGET_ACCEPT[kernel]))
-        if _correlation(start, particles.z) < _CORRELATION:
+        if len(rates) >= min_moves and _correlation(start, particles.z) < _CORRELATION:
             break
     return particles, sum(rates) / len(rates), len(rates), step_size
 
@@ -371,15 +393,24 @@ class TemperedSMC(Method):
     variances, a trajectory of 1.5 cloud standard deviations and the step size adapted from
     the acceptance of the previous move (target 0.75), each particle's step jittered by
     ±20%; or, with ``kernel="rwm"``, random-walk Metropolis with the cloud's covariance (target
-    acceptance 0.3). Moves repeat until the particles' mean absolute correlation with their
-    positions at the start of the stage falls below 0.1, or ``max_moves``. A move to a point
-    where the log-density is NaN or :math:`-\infty` is rejected. The last reweighting (to
-    :math:`\beta = 1`) is not followed by resampling: the draws keep their weights.
+    acceptance 0.3). Moves repeat ``min_moves`` times and then until the particles' mean
+    absolute correlation with their positions at the start of the stage falls below 0.1, or
+    ``max_moves``. A move to a point where the log-density is NaN or :math:`-\infty` is
+    rejected. The last reweighting (to :math:`\beta = 1`) is not followed by resampling: the
+    draws keep their weights.
 
-    Each of ``num_runs`` independent systems gives one chain, its :math:`\hat Z_r` unbiased
-    for :math:`p(y)`; the chains are pooled by their evidence (``log_evidence`` with its
-    standard error) and compared (R-hat over the resampled chains, the spread of
-    :math:`\log \hat Z_r`), with a warning when they disagree.
+    Its evidence estimate is unbiased when the kernels do not depend on the particles; here
+    they do (the mass matrix, the step size, the number of moves), and too few moves leave
+    the particles tied to the cloud that tuned them. Measured on a Normal mean in 20
+    dimensions (50 observations, 1000 particles, 20 runs), :math:`E[\hat Z] / Z` is 0.72
+    with one move at least per temperature, 0.96 ± 0.05 with three (the default), 0.99 with
+    five; a dense mass matrix from the cloud mixes faster but leaves :math:`E[\hat Z] / Z` at
+    0.40 on a 30-dimensional linear regression, so the mass matrix is diagonal.
+
+    Each of ``num_runs`` independent systems gives one chain with its estimate
+    :math:`\hat Z_r` of :math:`p(y)`; the chains are pooled by their evidence
+    (``log_evidence`` with its standard error) and compared (R-hat over the resampled chains,
+    the spread of :math:`\log \hat Z_r`), with a warning when they disagree.
 
     It needs exact log-densities: classical distributions, normalizing flows
     (:class:`~condgen.priors.FlowPrior`), :class:`~condgen.priors.GaussianMixturePrior`; a
@@ -393,6 +424,7 @@ class TemperedSMC(Method):
         target_ess: The fraction of the effective sample size kept at each reweighting; lower
             takes fewer, larger temperature steps.
         kernel: ``"hmc"`` (default) or ``"rwm"`` for a model whose log-density has no gradient.
+        min_moves: The fewest moves per temperature.
         max_moves: The most moves per temperature.
         rhat: A quality target: double the particles until R-hat across the runs is below it
             and every other check passes; None checks (at 1.05) without doubling.
@@ -432,6 +464,7 @@ class TemperedSMC(Method):
         num_runs: int = 4,
         target_ess: float = 0.5,
         kernel: str = "hmc",
+        min_moves: int = 3,
         max_moves: int = 10,
         rhat: float | None = None,
         max_particles: int | None = None,
@@ -440,14 +473,16 @@ class TemperedSMC(Method):
             raise ValueError(f"target_ess must lie in (0, 1), got {target_ess}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if num_runs < 1 or max_moves < 1:
+        if num_runs < 1 or not 1 <= min_moves <= max_moves:
             raise ValueError(
-                f"num_runs and max_moves must be at least 1, got {num_runs} and {max_moves}"
+                f"need num_runs >= 1 and 1 <= min_moves <= max_moves, got {num_runs}, "
+                f"{min_moves} and {max_moves}"
             )
         if rhat is not None and not rhat > 1:
             raise ValueError(f"rhat must be above 1 (e.g. 1.01), got {rhat}")
         self.num_runs, self.target_ess, self.kernel = num_runs, target_ess, kernel
-        self.max_moves, self.rhat, self.max_particles = max_moves, rhat, max_particles
+        self.min_moves, self.max_moves = min_moves, max_moves
+        self.rhat, self.max_particles = rhat, max_particles
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         problem.require_continuous(self.name)
@@ -469,7 +504,9 @@ class TemperedSMC(Method):
                     per_run,
                     target_ess=self.target_ess,
                     kernel=self.kernel,
+                    min_moves=self.min_moves,
                     max_moves=self.max_moves,
+                    method=self.name,
                     bar=bar,
                 )
                 for _ in range(self.num_runs)
