@@ -19,6 +19,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from ..conditioning import condition, seeded
+from ..diagnostics import ConvergenceWarning
 from ..methods.base import Method
 from ..posterior import Posterior
 from .scoring import posterior_metrics
@@ -56,7 +57,9 @@ def compare_run(
     r"""One run of one method for :func:`~condgen.evaluate.compare`: its statistics, metrics
     and draws, or the error it raised (a failing method is a row, not a crash)."""
     try:
-        posterior = run.condition()
+        with warnings.catch_warnings():  # the table counts them (column ``warnings``)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            posterior = run.condition()
         row = {
             "time_s": float(posterior.stats["time_s"]),
             "nfe": float(posterior.stats.get("nfe", np.nan)),

@@ -199,8 +199,9 @@ class SMC(SMCMethod):
         >>> data = {"y": torch.tensor([[1.5], [2.5], [1.0]])}
         >>> post = condgen.condition(model, data, method="smc", steps=50, num_samples=1000,
         ...                          seed=0, progress=False)
-        >>> post.stats["kernel"], round(post.moments("x")[0].item(), 1)  # exact mean: 1.9
-        ('gaussian', 1.9)
+        >>> mean = post.moments("x")[0].item()  # exact: 13/7 (the mode at -2 has no mass)
+        >>> post.stats["kernel"], abs(mean - 13 / 7) < 0.05, post.samples["x"].shape
+        ('gaussian', True, torch.Size([4, 250, 1]))
 
     References:
         | Monte Carlo guided Diffusion for Bayesian linear inverse problems

