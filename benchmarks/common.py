@@ -2,6 +2,9 @@ r"""Shared pieces of the benchmark scripts: the machine line and the docs sectio
 
 from __future__ import annotations
 
+import argparse
+import time
+
 __all__ = ["machine", "reproduce", "write_section"]
 
 import os
@@ -79,3 +82,17 @@ def write_section(path: Path, section: str) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(text: str, args: argparse.Namespace, start: float | None = None) -> str:
+    r"""Prints a benchmark's report and writes it into ``args.output`` (its section of
+    docs/benchmarks.md) unless ``args.no_write``; with ``start`` (a ``time.perf_counter()``),
+    prints the total time too. Returns ``text``."""
+    print()
+    print(text)
+    if args.output is not None and not args.no_write:
+        write_section(args.output, text)
+        print(f"written to {args.output}")
+    if start is not None:
+        print(f"total {time.perf_counter() - start:.0f} s")
+    return text

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine, reproduce, write_section
+from common import machine, publish, reproduce
 from torch import Tensor
 
 import condgen as cg
@@ -768,13 +768,7 @@ def main(argv: list[str] | None = None) -> str:
         print(f"overhead d={d}: done")
     overheads = {d: o for d, o in overheads.items() if o}
     text = report(records, overheads, args, check)
-    print()
-    print(text)
-    if args.output is not None and not args.no_write:
-        write_section(args.output, text)
-        print(f"written to {args.output}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return text
+    return publish(text, args, start)
 
 
 if __name__ == "__main__":

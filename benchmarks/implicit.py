@@ -52,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import DOCS, machine, reproduce, write_section
+from common import DOCS, machine, publish, reproduce
 from npe import _mean, _spread
 from torch import Tensor
 
@@ -318,13 +318,7 @@ def main(argv: list[str] | None = None) -> str:
     print(f"machine: {machine_line}")
     records = run(args.tasks, args.budgets, args.seeds, args.draws, args.observations)
     text = report(records, args, machine_line)
-    print()
-    print(text)
-    if args.output is not None and not args.no_write:
-        write_section(args.output, text)
-        print(f"written to {args.output}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return text
+    return publish(text, args, start)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import machine, reproduce, write_section
+from common import machine, publish, reproduce
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
@@ -207,12 +207,7 @@ def main(argv: list[str] | None = None) -> str:
                     flush=True,
                 )
     text = report(results, args, floors)
-    print()
-    print(text)
-    if args.output is not None and not args.no_write:
-        write_section(args.output, text)
-        print(f"written to {args.output}")
-    return text
+    return publish(text, args)
 
 
 if __name__ == "__main__":

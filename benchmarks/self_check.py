@@ -49,7 +49,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import DOCS, machine, reproduce, write_section
+from common import DOCS, machine, publish, reproduce
 from torch import Tensor
 
 import condgen as cg
@@ -444,13 +444,7 @@ def main(argv: list[str] | None = None) -> str:
     write_csv(records, out_dir / "self_check.csv")
     print(f"per-run rows: {out_dir / 'self_check.csv'}")
     text = report(records, args)
-    print()
-    print(text)
-    if args.output is not None and not args.no_write:
-        write_section(args.output, text)
-        print(f"written to {args.output}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return text
+    return publish(text, args, start)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DOCS, machine, reproduce, write_section
+from common import DOCS, machine, publish, reproduce
 from torch import Tensor
 
 import condgen as cg
@@ -192,13 +192,7 @@ def main(argv: list[str] | None = None) -> str:
             records.append({"observation": observation, "method": method, **result})
             print(records[-1], flush=True)
     text = report(records, args, machine_line)
-    print()
-    print(text)
-    if args.output is not None and not args.no_write:
-        write_section(args.output, text)
-        print(f"written to {args.output}")
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return text
+    return publish(text, args, start)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Shared test settings."""
 
 import os
+from types import SimpleNamespace
 
 import matplotlib
+import pyro
+import pyro.distributions as dist
+import pytest
 import torch
+
+from condgen.priors import GaussianMixturePrior
 
 matplotlib.use("Agg")
 
@@ -20,3 +26,29 @@ def pytest_collection_modifyitems(items):
     items.sort(
         key=lambda item: ("test_tutorials.py" not in item.nodeid, "slow" not in item.keywords)
     )
+
+
+@pytest.fixture
+def gaussian_problem() -> SimpleNamespace:
+    """A Gaussian prior N(mu, C) on R^4 (a one-component mixture, so path samplers see its
+    exact denoiser) observed through a random 2 x 4 operator with noise 0.3: its posterior and
+    evidence are Gaussian in closed form. Fields: model, data, log_evidence, prior, A, noise,
+    C, mu, y."""
+    torch.manual_seed(0)
+    d = 4
+    L = torch.randn(d, d)
+    C = L @ L.T / d + 0.5 * torch.eye(d)
+    mu = torch.randn(d)
+    prior = GaussianMixturePrior(torch.ones(1), mu[None], C[None])
+    A, noise = torch.randn(2, d), 0.3
+    y = A @ prior.sample() + noise * torch.randn(2)
+
+    def model():
+        x = pyro.sample("x", prior)
+        pyro.sample("y", dist.Normal(x @ A.T, noise).to_event(1))
+
+    evidence = dist.MultivariateNormal(A @ mu, A @ C @ A.T + noise**2 * torch.eye(2))
+    return SimpleNamespace(
+        model=model, data={"y": y}, log_evidence=float(evidence.log_prob(y)), prior=prior,
+        A=A, noise=noise, C=C, mu=mu, y=y,
+    )  # fmt: skip
