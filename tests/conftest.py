@@ -52,3 +52,18 @@ def gaussian_problem() -> SimpleNamespace:
         model=model, data={"y": y}, log_evidence=float(evidence.log_prob(y)), prior=prior,
         A=A, noise=noise, C=C, mu=mu, y=y,
     )  # fmt: skip
+
+
+def _mode_total_variation(posterior: GaussianMixturePrior, x, log_weights) -> float:
+    """The total variation between the exact posterior's mode weights and the weighted draws'
+    mode masses (each draw split over the modes by its responsibilities)."""
+    components = torch.distributions.MultivariateNormal(posterior.means, posterior.covs)
+    r = (components.log_prob(x[:, None]) + posterior.weights.log()).softmax(-1)
+    masses = log_weights.softmax(0) @ r
+    return float(0.5 * (masses - posterior.weights).abs().sum())
+
+
+@pytest.fixture
+def mode_tv():
+    """:func:`_mode_total_variation`, for tests of samplers' mode masses."""
+    return _mode_total_variation
