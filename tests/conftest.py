@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from condgen.evaluate import GaussianMixtureInverseProblem
 from condgen.priors import GaussianMixturePrior
 
 matplotlib.use("Agg")
@@ -54,9 +55,11 @@ def gaussian_problem() -> SimpleNamespace:
     )  # fmt: skip
 
 
-def _mode_total_variation(posterior: GaussianMixturePrior, x, log_weights) -> float:
-    """The total variation between the exact posterior's mode weights and the weighted draws'
-    mode masses (each draw split over the modes by its responsibilities)."""
+def _mode_total_variation(posterior: GaussianMixturePrior, draws) -> float:
+    """The total variation between the exact posterior's mode weights and the mode masses of
+    weighted draws (a condgen Posterior; each draw split over the modes by its
+    responsibilities)."""
+    x, log_weights = draws.samples["x"].flatten(0, 1), draws.log_weights.flatten()
     components = torch.distributions.MultivariateNormal(posterior.means, posterior.covs)
     r = (components.log_prob(x[:, None]) + posterior.weights.log()).softmax(-1)
     masses = log_weights.softmax(0) @ r
@@ -67,3 +70,15 @@ def _mode_total_variation(posterior: GaussianMixturePrior, x, log_weights) -> fl
 def mode_tv():
     """:func:`_mode_total_variation`, for tests of samplers' mode masses."""
     return _mode_total_variation
+
+
+@pytest.fixture
+def three_mode_task():
+    """A three-mode prior in d = 2 (weights 0.5, 0.3, 0.2, modes 3 apart, variance 0.3) seen
+    through one noisy projection (noise 1), which leaves two modes of nearly equal posterior
+    mass (0.535, 0.465)."""
+    means = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    covs = 0.3 * torch.eye(2).expand(3, 2, 2)
+    prior = GaussianMixturePrior(torch.tensor([0.5, 0.3, 0.2]), means, covs)
+    operator = torch.tensor([[0.6, 0.8]])
+    return GaussianMixtureInverseProblem(prior=prior, operator=operator, noise=1.0, seed=0)
