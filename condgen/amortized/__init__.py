@@ -1,8 +1,8 @@
 r"""Amortized posterior estimators trained on a Pyro model's simulations: NPE, FMPE and NPSE.
 
-Users import the estimators from :mod:`condgen.infer` and their methods from
-:mod:`condgen.methods` (:mod:`condgen.amortized.method`, which registers ``"npe"``,
-``"fmpe"`` and ``"npse"`` when :mod:`condgen.methods` is imported); this package holds them.
+This package holds the estimators, which know nothing of conditioning methods; the methods
+that draw from them (``"npe"``, ``"fmpe"`` and ``"npse"``) are in :mod:`condgen.methods.amortized`,
+and :mod:`condgen.infer` re-exports the estimators for users.
 """
 
 __all__ = ["FMPE", "NPE", "NPSE", "PathEstimator", "PosteriorEstimator"]

@@ -387,7 +387,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
 
         Example:
             >>> import condgen
-            >>> from condgen.infer import NPE
+            >>> from condgen.amortized import NPE
             >>> task = condgen.evaluate.TwoMoons()
             >>> estimator = NPE(task.model, observed=["x"], transforms=1)
             >>> losses = estimator.fit(num_simulations=200, max_epochs=1, progress=False)

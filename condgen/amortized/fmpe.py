@@ -46,7 +46,7 @@ class FMPE(PathEstimator):
     Example:
         >>> import condgen
         >>> task = condgen.evaluate.GaussianLinear(dim=2)
-        >>> fmpe = condgen.infer.FMPE(task.model, observed=["x"], hidden=(32, 32), steps=8)
+        >>> fmpe = condgen.amortized.FMPE(task.model, observed=["x"], hidden=(32, 32), steps=8)
         >>> # a real fit: fmpe.fit(num_simulations=10_000, seed=0)
         >>> losses = fmpe.fit(num_simulations=500, max_epochs=2, progress=False, seed=0)
         >>> fmpe.sample(task.data, 1000)["theta"].shape, fmpe.nfe  # 2 per Heun step, 1 last

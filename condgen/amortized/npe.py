@@ -73,7 +73,7 @@ class NPE(PosteriorEstimator):
 
     Example:
         >>> import condgen
-        >>> from condgen.infer import NPE
+        >>> from condgen.amortized import NPE
         >>> task = condgen.evaluate.TwoMoons()
         >>> npe = NPE(task.model, observed=["x"], transforms=2, hidden_features=(32, 32))
         >>> # a real fit: npe.fit(num_simulations=10_000, seed=0)

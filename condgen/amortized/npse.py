@@ -55,7 +55,7 @@ class NPSE(PathEstimator):
 
     Example:
         >>> import condgen
-        >>> from condgen.infer import NPSE
+        >>> from condgen.amortized import NPSE
         >>> task = condgen.evaluate.TwoMoons()
         >>> npse = NPSE(task.model, observed=["x"], hidden=(32, 32), sampler="euler", steps=8)
         >>> # a real fit: npse.fit(num_simulations=10_000, seed=0)

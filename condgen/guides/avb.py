@@ -63,7 +63,7 @@ class AdversarialELBO(_ParticleObjective):
         >>> import pyro, torch
         >>> from condgen.evaluate import TwoModes
         >>> from condgen.guides import ImplicitGuide
-        >>> from condgen.infer import AdversarialELBO
+        >>> from condgen.guides.avb import AdversarialELBO
         >>> task = TwoModes()
         >>> guide, loss = ImplicitGuide(task.model, noise_dim=4), AdversarialELBO(lr=1e-3)
         >>> svi = pyro.infer.SVI(task.model, guide, pyro.optim.Adam({"lr": 1e-3}), loss)

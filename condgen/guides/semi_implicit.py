@@ -63,7 +63,7 @@ class AmortizedSemiImplicitGuide(_AmortizedNoiseGuide):
         ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
         ...         pyro.sample("x", dist.Normal(z[..., None] * torch.ones(3), 1.0).to_event(1))
         >>> from condgen.guides import AmortizedSemiImplicitGuide, SemiImplicitGuide
-        >>> from condgen.infer import SIVI_ELBO
+        >>> from condgen.guides.sivi import SIVI_ELBO
         >>> encoder = torch.nn.Linear(3, 8)  # x [B, 3] -> context [B, 8]
         >>> guide = SemiImplicitGuide(model, noise_dim=4, encoder=encoder, data={"x": scores})
         >>> isinstance(guide, AmortizedSemiImplicitGuide)

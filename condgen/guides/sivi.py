@@ -177,7 +177,7 @@ class SIVI_ELBO(_ParticleObjective):
         >>> import pyro
         >>> from condgen.evaluate import TargetDensity
         >>> from condgen.guides import SemiImplicitGuide
-        >>> from condgen.infer import SIVI_ELBO
+        >>> from condgen.guides.sivi import SIVI_ELBO
         >>> task = TargetDensity.x_shaped()  # an X: two crossed, correlated Gaussians
         >>> loss = SIVI_ELBO(num_inner=50, num_particles=8)
         >>> guide = SemiImplicitGuide(task.model, noise_dim=4)
@@ -244,7 +244,7 @@ class KernelSIVI(_ParticleObjective):
         >>> import condgen, pyro
         >>> task = condgen.evaluate.Banana()
         >>> guide = condgen.guides.SemiImplicitGuide(task.model)
-        >>> loss = condgen.infer.KernelSIVI(num_particles=128)
+        >>> loss = condgen.guides.sivi.KernelSIVI(num_particles=128)
         >>> svi = pyro.infer.SVI(task.model, guide, pyro.optim.Adam({"lr": 1e-3}), loss)
         >>> svi.step() > -1.0  # the squared KSD, about 0 (slightly negative) at the posterior
         True

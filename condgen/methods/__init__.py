@@ -25,6 +25,7 @@ __all__ = [
     "register",
 ]
 
+from .amortized import FMPEMethod, NPEMethod, NPSEMethod
 from .base import Method, available, describe, get, register
 from .bayesian import NUTS, SVI, Importance
 from .covariance_kernel import CovarianceSMC
@@ -35,5 +36,3 @@ from .langevin import Langevin
 from .moment_twist import MomentTwistSMC
 from .tds import TDS
 from .tempered import TemperedSMC
-
-from .amortized import FMPEMethod, NPEMethod, NPSEMethod  # isort: skip (registered last)

@@ -59,8 +59,14 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def _registered() -> list[type[Method]]:
+    r"""The registered method classes by family (in the order of :data:`FAMILIES`), then by
+    name: an order that does not depend on the order in which their modules were imported."""
+    return sorted(_REGISTRY.values(), key=lambda cls: (FAMILIES.index(cls.family), cls.name))
+
+
 def available() -> dict[str, str]:
-    r"""The registered methods: a dict from method name to family.
+    r"""The registered methods: a dict from method name to family, by family and then name.
 
     Example:
         >>> import condgen
@@ -70,17 +76,17 @@ def available() -> dict[str, str]:
         >>> len(families) >= 12
         True
     """
-    return {name: cls.family for name, cls in _REGISTRY.items()}
+    return {cls.name: cls.family for cls in _registered()}
 
 
 def describe() -> dict[str, str]:
     r"""The first sentence of each registered method's docstring, by name (for listings such
     as ``condgen methods``)."""
     summaries = {}
-    for name, cls in _REGISTRY.items():
+    for cls in _registered():
         paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         sentence = paragraph.split(". ")[0].split(" :math:")[0].split(" by ")[0]
-        summaries[name] = sentence.rstrip(".:")
+        summaries[cls.name] = sentence.rstrip(".:")
     return summaries
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..diagnostics import check_convergence
-from ..infer import KernelSIVI
+from ..guides.sivi import KernelSIVI
 from ..posterior import Posterior, systematic_resample
 from ..problem import Problem, is_neural
 from .base import Method, register
