@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["Posterior", "systematic_resample"]
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import arviz as az
 import numpy as np
 import torch
+import xarray
 from torch import Tensor
 
 from .problem import Problem
@@ -281,8 +283,9 @@ class Posterior:
 
     # --------------------------------------------------------------------------- ArviZ
 
-    def to_arviz(self) -> az.InferenceData:
-        r"""Converts to :class:`arviz.InferenceData` through ``arviz.from_dict``.
+    def to_arviz(self) -> az.InferenceData | xarray.DataTree:
+        r"""Converts to ArviZ: an :class:`arviz.InferenceData` with ArviZ 0.x, an
+        :class:`xarray.DataTree` with ArviZ 1.x (both through ArviZ's ``from_dict``).
 
         Groups: ``posterior``, ``sample_stats``, ``observed_data``, ``log_likelihood`` (one
         variable per observed site, always present when the model has observations) and
@@ -291,26 +294,26 @@ class Posterior:
         ArviZ expects equally weighted draws; their log-weights stay in :attr:`log_weights`,
         :attr:`chain_log_weights` and :attr:`stats`.
         """
-        source = self.resample(per_chain=True)
-        groups: dict[str, dict[str, np.ndarray]] = {
-            "posterior": _numpy(source.samples),
-            "sample_stats": _numpy(source.sample_stats),
-            "observed_data": _numpy(self.problem.observations),
-            "log_likelihood": _numpy(source.log_likelihood()),
-        }
-        if self.posterior_predictive is not None:
-            groups["posterior_predictive"] = _numpy(self.posterior_predictive)
-        groups = {k: v for k, v in groups.items() if v}
-        attrs = {"inference_library": "condgen", "method": str(self.method)}
-        attrs.update({k: v for k, v in self.stats.items() if isinstance(v, int | float | str)})
-        if _ARVIZ_1:  # pragma: no cover - ArviZ 1.x takes the groups as one dict
-            return az.from_dict(groups, attrs=attrs)
-        return az.from_dict(**groups, attrs=attrs)
+        return _to_datatree(self) if _ARVIZ_1 else _to_inference_data(self)
 
     def summary(self, **kwargs: Any):
-        r"""ArviZ summary (mean, sd, HDI, ESS, R-hat) of the draws; ``kwargs`` go to
-        :func:`arviz.summary`."""
-        return az.summary(self.to_arviz(), **kwargs)
+        r"""ArviZ summary (mean, sd, HDI, MCSE, ESS and, with several chains, R-hat) of the
+        draws; ``kwargs`` go to :func:`arviz.summary`.
+
+        R-hat compares chains, so with one set of draws (one chain: the guidance and amortized
+        methods, importance sampling, one run of SMC) it is undefined: the summary leaves its
+        column out, and ArviZ's warning that the draws have fewer than two chains is not
+        shown. The within-chain ESS and MCSE stay.
+        """
+        if self.num_chains > 1:
+            return az.summary(self.to_arviz(), **kwargs)
+        arviz_logger = logging.getLogger("arviz")
+        arviz_logger.addFilter(_one_chain_filter)
+        try:
+            table = az.summary(self.to_arviz(), **kwargs)
+        finally:
+            arviz_logger.removeFilter(_one_chain_filter)
+        return _without_metric(table, "r_hat")
 
     def __repr__(self) -> str:
         sites = ", ".join(f"{k}{list(v.shape[2:])}" for k, v in self.samples.items())
@@ -321,5 +324,60 @@ class Posterior:
         )
 
 
+def _one_chain_filter(record: logging.LogRecord) -> bool:
+    r"""Drops ArviZ's "Shape validation failed" log record, which R-hat's check of the number
+    of chains makes for a single chain."""
+    return not record.getMessage().startswith("Shape validation failed")
+
+
+def _without_metric(table: Any, metric: str) -> Any:
+    r"""An :func:`arviz.summary` table without one metric, in each of its formats (``"wide"``
+    and ``"long"`` data frames, ``"xarray"`` data sets)."""
+    if isinstance(table, xarray.Dataset):
+        return table.drop_sel(metric=metric, errors="ignore")
+    if metric in table.columns:
+        return table.drop(columns=metric)
+    return table.drop(index=metric, errors="ignore")
+
+
 def _numpy(values: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in values.items()}
+
+
+def _arviz_groups(
+    posterior: Posterior,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    r"""The groups of :meth:`Posterior.to_arviz` (the non-empty ones) and its attributes."""
+    source = posterior.resample(per_chain=True)
+    groups = {
+        "posterior": _numpy(source.samples),
+        "sample_stats": _numpy(source.sample_stats),
+        "observed_data": _numpy(posterior.problem.observations),
+        "log_likelihood": _numpy(source.log_likelihood()),
+    }
+    if posterior.posterior_predictive is not None:
+        groups["posterior_predictive"] = _numpy(posterior.posterior_predictive)
+    attrs = {"inference_library": "condgen", "method": str(posterior.method)}
+    attrs.update({k: v for k, v in posterior.stats.items() if isinstance(v, int | float | str)})
+    return {k: v for k, v in groups.items() if v}, attrs
+
+
+def _to_inference_data(posterior: Posterior) -> az.InferenceData:
+    r"""The ArviZ 0.x export: :func:`arviz.from_dict` takes one keyword per group."""
+    groups, attrs = _arviz_groups(posterior)
+    return az.from_dict(**groups, attrs=attrs)
+
+
+def _to_datatree(posterior: Posterior) -> xarray.DataTree:
+    r"""The ArviZ 1.x export: ``arviz_base.from_dict`` (``arviz.from_dict`` in 1.x) takes the
+    groups as one dict, and attributes by group (``"/"`` the root's, where ArviZ 0.x puts them),
+    and returns a :class:`xarray.DataTree`. It needs ``arviz_base``, which ArviZ 1.x installs
+    (and which installs beside ArviZ 0.x)."""
+    try:
+        from arviz_base import from_dict
+    except ImportError as error:
+        raise ImportError(
+            "the ArviZ 1.x export needs arviz_base: pip install arviz-base (or arviz>=1)"
+        ) from error
+    groups, attrs = _arviz_groups(posterior)
+    return from_dict(groups, attrs={"/": attrs})
