@@ -96,7 +96,7 @@ def detect_linear_gaussian(
     values = {k: v.expand(len(points), *v.shape) for k, v in (fixed or {}).items()}
     values[site] = points.reshape(-1, *shape)
     with torch.no_grad():
-        trace = problem._vectorized_trace(len(points), values)
+        trace = problem.particle_trace(len(points), values)
     fn = _normal(trace.nodes[obs])
     if fn is None:
         found = type(base_distribution(trace.nodes[obs]["fn"])).__name__

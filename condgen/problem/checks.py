@@ -58,7 +58,7 @@ def check_vectorizable(problem: Any) -> None:
     probe = 2
     try:
         with torch.no_grad():
-            trace = problem._vectorized_trace(probe, None, problem._cheap_sites())
+            trace = problem.particle_trace(probe, log_prob_sites=problem._cheap_sites())
     except Exception as error:
         raise ValueError(
             "the model cannot be vectorised over particles (an outer pyro.plate at dim "

@@ -171,6 +171,36 @@ class Problem:
         trace.compute_log_prob(site_filter=lambda name, site: name in log_prob_sites)
         return trace
 
+    def particle_trace(
+        self,
+        num_particles: int,
+        values: Mapping[str, Tensor] | None = None,
+        log_prob_sites: Collection[str] = (),
+    ) -> poutine.Trace:
+        r"""Runs the conditioned model once for a batch of particles, under the outer particle
+        plate at dimension :math:`-(\text{max\_plate\_nesting} + 1)`, and returns its trace.
+
+        Every site's value and distribution carry the particle dimension first; an observed
+        site's distribution is then :math:`p(y \mid x^{(i)})` for each particle, which is what
+        reading a likelihood's form (its mean, its scale) needs.
+
+        Arguments:
+            num_particles: The number of particles :math:`P`.
+            values: Latent values by site name, each shaped ``[num_particles, *site.shape]``;
+                None to draw them from the prior.
+            log_prob_sites: The sites whose log-densities the trace computes (only these: a
+                neural prior's log-density may solve an ODE).
+
+        Returns:
+            The :class:`pyro.poutine.Trace` of the model, whose site values are shaped
+            ``[num_particles, ...]``.
+
+        Raises:
+            ValueError: If a latent site has no value, or a value's shape does not fit its
+                site.
+        """
+        return self._vectorized_trace(num_particles, values, log_prob_sites)
+
     @staticmethod
     def _num_particles(values: Mapping[str, Tensor]) -> int:
         sizes = {v.shape[0] for v in values.values()}
