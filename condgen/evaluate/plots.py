@@ -106,6 +106,12 @@ def plot_calibration(
     import arviz as az
     from scipy.stats import uniform
 
+    if not hasattr(az, "plot_ecdf"):  # ArviZ 1.x: arviz-plots' plot_ecdf_pit instead
+        raise ImportError(
+            f"plot_calibration draws its bands with ArviZ 0.x's plot_ecdf, which ArviZ "
+            f"{az.__version__} does not have: pip install 'arviz<1' for this figure (the ranks "
+            "and coverage of a Calibration need no plotting)"
+        )
     check_alpha(alpha)
     labels, columns = rank_columns(ranks, site)
     num_coordinates = sum(math.prod(v.shape[1:]) for v in ranks.values())
