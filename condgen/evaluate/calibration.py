@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .._random import check_seed
 from ..conditioning import seeded
 from ..methods import get as get_method
 from ..methods.base import Method
@@ -373,12 +374,11 @@ def calibration(
         raise ValueError(f"num_simulations must be an integer >= 2, got {num_simulations!r}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     method = get_method(method, **options)
     args, kwargs = tuple(args), dict(kwargs or {})
 
-    with seeded(int(seed)):  # tracing draws from the prior: keep the caller's random state
+    with seeded(seed):  # tracing draws from the prior: keep the caller's random state
         problem = Problem(model, None, args, kwargs)
     observed = problem.observation_sites(
         observed, "observed=['y'] (or observed=data, a data dict)"
@@ -394,7 +394,7 @@ def calibration(
             f"latent sites (given observed={list(observed)}) are {latent}"
         )
 
-    seeds = simulation_seeds(int(seed), num_simulations)
+    seeds = simulation_seeds(seed, num_simulations)
     jobs = [(model, method, args, kwargs, observed, sites, num_samples, tuple(s)) for s in seeds]
     results = map_jobs(
         simulate_ranks, jobs, executor=executor, progress=progress, desc=f"SBC {method.name}"

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
+from .._random import check_seed
 from ..conditioning import condition, seeded
 from ..methods import get as get_method
 from ..methods.base import Method
@@ -48,13 +49,14 @@ def _reference_draws(
 
 
 def _seeds(seeds: int | Iterable[int] | None, seed: int) -> list[int]:
+    seed = check_seed(seed)
     if seeds is None:
         return [seed]
     if isinstance(seeds, int):
         if seeds < 1:
             raise ValueError(f"seeds must be a positive count or a list of seeds, got {seeds}")
-        return [seed + i for i in range(seeds)]
-    seeds = [int(s) for s in seeds]
+        return [check_seed(seed + i, "seed + seeds") for i in range(seeds)]
+    seeds = [check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
     if not seeds:
         raise ValueError("seeds is empty")
     return seeds

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._optim import adamw
+from .._random import check_seed
 
 
 def sliced_wasserstein(
@@ -36,7 +37,7 @@ def sliced_wasserstein(
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1).to(x)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y have dimensions {x.shape[1]} and {y.shape[1]}")
-    generator = None if seed is None else torch.Generator(x.device).manual_seed(seed)
+    generator = None if seed is None else torch.Generator(x.device).manual_seed(check_seed(seed))
     theta = torch.randn(x.shape[1], num_projections, generator=generator, device=x.device)
     theta = theta.to(x.dtype)
     theta = theta / theta.norm(dim=0, keepdim=True)
@@ -147,7 +148,7 @@ def c2st(x: Tensor, y: Tensor, folds: int = 5, epochs: int = 300, seed: int = 0)
     x, y = x.float(), y.float()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-12)
     x, y = (x - mean) / std, (y - mean) / std
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
     index = [torch.randperm(len(v), generator=generator) % folds for v in (x, y)]
     d = x.shape[1]
     accuracies = []

@@ -12,6 +12,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from .._random import check_seed
 from ..priors import GaussianMixturePrior
 
 
@@ -105,7 +106,7 @@ class UnknownNoiseMixture:
         Returns:
             ``{"s": [num_samples], "x": [num_samples, d]}`` in the task's dtype.
         """
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(check_seed(seed))
         grid, p = self._noise_grid()
         s = grid[torch.multinomial(p, num_samples, replacement=True, generator=generator)]
         n, d = self.y.shape

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..._random import check_seed
 from ...priors import MLP, DiffusionPrior, load, save_prior
 
 CACHE_ENV = "CONDGEN_CACHE"
@@ -165,7 +166,7 @@ def prepare_digits(
     data = digits_data("train")
     path = digits_cache_path(cache_dir)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed(seed))
         prior = DiffusionPrior(
             MLP(PIXELS, hidden=_HIDDEN), event_shape=(PIXELS,), sampler="heun", steps=128
         )

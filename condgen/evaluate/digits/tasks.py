@@ -16,6 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from ..._random import check_seed
 from ...conditioning import condition, seeded
 from ...diagnostics import ConvergenceWarning
 from ...methods.tds import TDS
@@ -90,7 +91,9 @@ class _DigitsTask(Task):
         self.observed = observed
         self.pixels = observed.nonzero().squeeze(-1)
         self._identity = bool(observed.all())
-        noise_draws = torch.randn(len(self.pixels), generator=torch.Generator().manual_seed(seed))
+        noise_draws = torch.randn(
+            len(self.pixels), generator=torch.Generator().manual_seed(check_seed(seed))
+        )
         self.data = {"y": self.true_image[self.pixels] + self.noise * noise_draws}
         self.reference_stats: dict[str, Any] = {}
         self._references: dict[tuple, Tensor] = {}

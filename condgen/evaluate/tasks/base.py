@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..._random import check_seed
 from ...problem import Problem
 
 
@@ -65,7 +66,7 @@ class Task(abc.ABC):
         r"""Posterior draws, ``[num_samples, *site.shape]`` per site: exact when
         :attr:`exact` is true. The global random state is left as it was."""
         generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed(seed))
         try:
             return {k: d.sample((num_samples,)) for k, d in self.posterior().items()}
         finally:
@@ -91,4 +92,4 @@ class Task(abc.ABC):
 def _generator(seed: int) -> torch.Generator:
     r"""A generator of its own, seeded with ``seed``: simulated data leave the global random
     state alone."""
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_seed(seed))

@@ -19,6 +19,7 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from ..._random import check_seed
 from .base import Task, _generator
 
 
@@ -241,7 +242,7 @@ class TwoMoons(Task):
     description = "uniform prior on [-1, 1]^2, two-moons simulator: a two-crescent posterior"
 
     def __init__(self, seed: int = 0, observation: Tensor | Sequence[float] | str | None = None):
-        self.seed = seed
+        self.seed = check_seed(seed)
         if observation is None:
             x = torch.zeros(2)
         elif isinstance(observation, str):
