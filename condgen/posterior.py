@@ -18,6 +18,9 @@ from .problem import Problem
 
 _ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 _CHUNK = 1024
+_ARVIZ_LOG = getattr(az, "_log", None) or logging.getLogger("arviz")
+r"""ArviZ's logger: ArviZ 0.x logs through a logger object of its own (``arviz._log``), which is
+not the one that ``logging.getLogger("arviz")`` returns."""
 
 
 def systematic_resample(
@@ -307,12 +310,11 @@ class Posterior:
         """
         if self.num_chains > 1:
             return az.summary(self.to_arviz(), **kwargs)
-        arviz_logger = logging.getLogger("arviz")
-        arviz_logger.addFilter(_one_chain_filter)
+        _ARVIZ_LOG.addFilter(_one_chain_filter)
         try:
             table = az.summary(self.to_arviz(), **kwargs)
         finally:
-            arviz_logger.removeFilter(_one_chain_filter)
+            _ARVIZ_LOG.removeFilter(_one_chain_filter)
         return _without_metric(table, "r_hat")
 
     def __repr__(self) -> str:

@@ -6,6 +6,8 @@ Gaussian prior with a linear-Gaussian observation, whose posterior is conjugate:
 methods' means are checked against it.
 """
 
+import re
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -156,3 +158,100 @@ def test_amortized_estimator_follows_a_float64_model():
     post = condgen.condition(model, {"y": Y.double()}, method="npe", estimator=npe,
                              num_samples=50, seed=0, progress=False)  # fmt: skip
     assert post.samples["x"].dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------- bad seeds
+
+
+def _tiny_model():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(x, 1.0))
+
+
+_TINY = {"y": torch.tensor(0.5)}
+_DRAWS = torch.randn(50, 2)
+
+
+def _fit_npe(seed):
+    npe = condgen.infer.NPE(_tiny_model, observed=["y"])
+    npe.fit(10, max_epochs=1, seed=seed, progress=False)
+
+
+def _compare(**seeds):
+    condgen.compare(_tiny_model, _TINY, methods=["importance"], reference={"x": _DRAWS[:, 0]},
+                    num_samples=10, progress=False, **seeds)  # fmt: skip
+
+
+# Every public entry point that takes a seed, and the name its error must give. The calls fail
+# before any inference runs, so the table is fast.
+SEED_ENTRY_POINTS = {
+    "condition": ("seed", lambda s: condgen.condition(
+        _tiny_model, _TINY, method="importance", seed=s, progress=False)),
+    "compare": ("seed", lambda s: _compare(seed=s)),
+    "compare-count": ("seed", lambda s: _compare(seed=s, seeds=2)),
+    "compare-seeds": (r"seeds\[1\]", lambda s: _compare(seeds=[0, s])),
+    "calibration": ("seed", lambda s: condgen.evaluate.calibration(
+        _tiny_model, "importance", num_simulations=2, num_samples=4, seed=s, progress=False)),
+    "Task.reference_samples": ("seed", lambda s: condgen.evaluate.NormalNormal()
+                               .reference_samples(4, seed=s)),
+    "mixture.reference_samples": ("seed", lambda s: condgen.evaluate
+                                  .GaussianMixtureInverseProblem.circle().reference_samples(4, s)),
+    "task": ("seed", lambda s: condgen.evaluate.BayesianLinearRegression(seed=s)),
+    "get_task": ("seed", lambda s: condgen.evaluate.get_task("gmm", seed=s)),
+    "TwoMoons": ("seed", lambda s: condgen.evaluate.TwoMoons(seed=s)),
+    "sliced_wasserstein": ("seed", lambda s: condgen.evaluate.sliced_wasserstein(
+        _DRAWS, _DRAWS, seed=s)),
+    "c2st": ("seed", lambda s: condgen.evaluate.c2st(_DRAWS, _DRAWS, seed=s)),
+    "NPE.simulate": ("seed", lambda s: condgen.infer.NPE(_tiny_model, observed=["y"])
+                     .simulate(10, seed=s)),
+    "NPE.fit": ("seed", _fit_npe),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, -1, 2**32, True], ids=repr)
+@pytest.mark.parametrize("entry", list(SEED_ENTRY_POINTS))
+def test_a_bad_seed_names_its_argument(entry, seed):
+    """A seed that is not an integer in [0, 2**32 - 1] (NumPy's range, which
+    pyro.set_rng_seed seeds too) is a ValueError naming the argument, never torch's or
+    int()'s message ("invalid literal for int()", "manual_seed expected a long")."""
+    name, call = SEED_ENTRY_POINTS[entry]
+    with pytest.raises(ValueError, match=rf"^{name} must be an integer in \[0, 2\*\*32 - 1\]"):
+        call(seed)
+
+
+def test_numpy_integer_seeds_are_accepted():
+    a = condgen.condition(_tiny_model, _TINY, method="importance", proposal="prior",
+                          num_samples=20, seed=np.int64(3), progress=False)  # fmt: skip
+    b = condgen.condition(_tiny_model, _TINY, method="importance", proposal="prior",
+                          num_samples=20, seed=3, progress=False)  # fmt: skip
+    assert torch.equal(a.samples["x"], b.samples["x"])
+
+
+# --------------------------------------------------------------- importance's advice
+
+
+@pytest.mark.parametrize(
+    "options, advice, not_advised",
+    [
+        ({"proposal": "prior"}, r"proposal='guide'", r"num_steps"),
+        ({"proposal": "guide", "num_steps": 1}, r"num_steps, now 1\).*guide='flow'", "proposal="
+         "'guide'\\)"),
+        ({"proposal": "guide", "guide": "flow", "num_steps": 1}, r"num_steps, now 1\)",
+         r"guide='flow'|proposal='guide'\)"),
+    ],
+    ids=["prior", "guide", "flow-guide"],
+)  # fmt: skip
+def test_importance_warning_advises_for_the_proposal_in_use(options, advice, not_advised):
+    """Importance sampling's Pareto-k warning advises what would change the proposal in use:
+    a fitted guide for the prior proposal, a longer fit or heavier tails for a guide (never the
+    proposal or guide already in use). The posterior of 100 observations with noise 0.1 has sd
+    0.01 against a prior sd of 2, so the prior proposal and a guide fitted for one step give
+    k-hat > 0.7 (measured: infinite for all three at seed 5)."""
+    task = condgen.evaluate.NormalNormal(num_obs=100, noise=0.1)
+    with pytest.warns(UserWarning, match=r"Pareto k-hat .* > 0\.7") as record:
+        condgen.condition(task.model, task.data, method="importance", num_samples=200,
+                          seed=5, progress=False, **options)  # fmt: skip
+    (message,) = [str(w.message) for w in record if "Pareto" in str(w.message)]
+    assert re.search(advice, message), message
+    assert not re.search(not_advised, message), message
+    assert f"proposal='{options['proposal']}';" in message

@@ -475,9 +475,15 @@ class Importance(Method):
         if self.psis:
             log_weights = smoothed
         if k_hat > 0.7:
+            if self.proposal == "prior":
+                advice = "fit a proposal to the posterior (proposal='guide')"
+            else:  # more draws do not lower k-hat: it measures the tail of the weights
+                advice = f"fit the guide longer (num_steps, now {self.num_steps})"
+                if self.guide != "flow":
+                    advice += " or use a guide with heavier tails (guide='flow')"
             warnings.warn(
                 f"Pareto k-hat of the importance weights is {k_hat:.2f} > 0.7: the estimate is "
-                "unreliable; use a better proposal (proposal='guide') or method='nuts'",
+                f"unreliable with proposal='{self.proposal}'; {advice}, or use method='nuts'",
                 stacklevel=2,
             )
         weights = torch.softmax(log_weights, 0)
