@@ -20,7 +20,7 @@ from torch.testing import assert_close
 
 import condgen
 from condgen.priors import FlowPrior, Prior
-from condgen.priors.flow import FLOWS
+from condgen.priors.flow import FLOW_CLASSES
 
 NUM_SE = 5.0  # tolerance of Monte Carlo checks, in standard errors
 
@@ -61,10 +61,10 @@ def test_build_config_is_plain_and_names_resolve():
     assert FlowPrior.build(2, activation="Tanh").config["activation"] == "Tanh"
 
 
-@pytest.mark.parametrize("name", sorted(FLOWS))
+@pytest.mark.parametrize("name", sorted(FLOW_CLASSES))
 def test_every_flow_name_builds(name):
     prior = FlowPrior.build(2, flow=name)
-    assert type(prior.flow) is FLOWS[name] and prior.event_shape == (2,)
+    assert type(prior.flow) is FLOW_CLASSES[name] and prior.event_shape == (2,)
 
 
 def test_build_and_constructor_errors():

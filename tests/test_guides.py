@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 import condgen
 from condgen.evaluate import Banana, Funnel, sliced_wasserstein
-from condgen.guides import FLOWS, AmortizedFlowGuide, AmortizedNormal, FlowGuide, build_flow
+from condgen.guides import (
+    GUIDE_FLOWS,
+    AmortizedFlowGuide,
+    AmortizedNormal,
+    FlowGuide,
+    build_guide_flow,
+)
 
 torch.set_num_threads(1)
 
@@ -206,7 +212,7 @@ def test_constrained_supports_and_conjugate_moments():
     assert ((probs.std(0) / sd - 1).abs() < 0.10).all()
 
 
-@pytest.mark.parametrize("name", sorted(FLOWS))
+@pytest.mark.parametrize("name", sorted(GUIDE_FLOWS))
 def test_every_flow_name_builds_and_steps(name):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -222,7 +228,7 @@ def test_every_flow_name_builds_and_steps(name):
 def test_draw_density_is_the_flow_density(name):
     r"""The density cached with a draw equals the density recomputed through the inverse."""
     torch.manual_seed(0)
-    flow = build_flow(name, 3, loc=torch.tensor([1.0, -1.0, 0.0]), scale=0.5)
+    flow = build_guide_flow(name, 3, loc=torch.tensor([1.0, -1.0, 0.0]), scale=0.5)
     for p in flow.parameters():  # move away from the identity initialisation
         p.data.add_(0.1 * torch.randn_like(p))
     q = condgen.guides.FlowLatent(flow())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..priors.flow import FLOWS, build_flow
+from ..priors.flow import FLOW_CLASSES, flow_from_config
 from .estimator import PosteriorEstimator
 
 FLOW_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -55,7 +55,7 @@ class NPE(PosteriorEstimator):
             :func:`pyro.poutine.uncondition`.
         observed: The names of the sites to condition on (the simulator's outputs); sites the
             model observes itself (``obs=`` given) are added. By default, only those.
-        flow: The zuko flow's name (a key of :data:`condgen.priors.flow.FLOWS`): ``"nsf"``
+        flow: The zuko flow's name (a key of :data:`condgen.priors.flow.FLOW_CLASSES`): ``"nsf"``
             (neural spline flow), ``"maf"``, ...
         embedding: An optional network applied to the standardised observations before the
             flow, trained jointly (for high-dimensional observations). It receives the
@@ -109,11 +109,11 @@ class NPE(PosteriorEstimator):
         **flow_options: Any,
     ):
         self.flow_name = str(flow).lower()
-        if self.flow_name not in FLOWS:
-            raise ValueError(f"unknown flow {flow!r}; known flows are {sorted(FLOWS)}")
+        if self.flow_name not in FLOW_CLASSES:
+            raise ValueError(f"unknown flow {flow!r}; known flows are {sorted(FLOW_CLASSES)}")
         super().__init__(model, observed, embedding=embedding, args=args, kwargs=kwargs)
         options = {**FLOW_DEFAULTS.get(self.flow_name, {}), **flow_options}
-        self.flow = build_flow(
+        self.flow = flow_from_config(
             {"flow": self.flow_name, "features": self.latent_features}
             | {"context": self._context_features()}
             | options

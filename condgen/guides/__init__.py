@@ -2,7 +2,7 @@ r"""Guides for stochastic variational inference: normalizing flows, amortized, s
 implicit guides."""
 
 __all__ = [
-    "FLOWS",
+    "GUIDE_FLOWS",
     "AmortizedFlowGuide",
     "AmortizedImplicitGuide",
     "AmortizedNormal",
@@ -16,12 +16,12 @@ __all__ = [
     "SemiImplicitGuide",
     "SemiImplicitLatent",
     "TrilAffine",
-    "build_flow",
+    "build_guide_flow",
 ]
 
 from .affine import ElementwiseAffine, TrilAffine
 from .amortized import AmortizedFlowGuide, AmortizedNormal
-from .flows import FLOWS, FlowGuide, FlowLatent, build_flow
+from .flows import GUIDE_FLOWS, FlowGuide, FlowLatent, build_guide_flow
 from .implicit import AmortizedImplicitGuide, ImplicitGuide
 from .latents import ImplicitLatent, MixingNetwork, SemiImplicitLatent
 from .semi_implicit import AmortizedSemiImplicitGuide, SemiImplicitGuide

@@ -14,7 +14,7 @@ from torch.distributions import Distribution
 from zuko.lazy import LazyDistribution
 
 from .data_plate import _PLATE_OPTIONS, _AmortizedGuide, _datum_major
-from .flows import FlowGuide, FlowLatent, build_flow
+from .flows import FlowGuide, FlowLatent, build_guide_flow
 
 
 class AmortizedNormal(_AmortizedGuide):
@@ -121,7 +121,7 @@ class AmortizedFlowGuide(_AmortizedGuide):
     .. math:: u_i = \mu(c_i) + \sigma(c_i) \odot f(\epsilon_i; c_i), \quad
         \epsilon_i \sim \mathcal{N}(0, I),
 
-    with :math:`f` a conditional flow of :func:`~condgen.guides.build_flow` (one pass to draw
+    with :math:`f` a conditional flow of :func:`~condgen.guides.build_guide_flow` (one pass to draw
     and score, starting at the identity) and :math:`(\mu, \log \sigma)` linear in the context,
     starting at the model's initial point and ``init_scale`` for every datum. The global latents
     get a :class:`~condgen.guides.FlowGuide` by default. The model contract (data plate,
@@ -132,7 +132,7 @@ class AmortizedFlowGuide(_AmortizedGuide):
         model: A Pyro model.
         encoder: A callable (an ``nn.Module`` to train it) from observation batches to a
             context ``[B, C]``.
-        flow: A name in :data:`~condgen.guides.FLOWS`, a factory of zuko flows (called as
+        flow: A name in :data:`~condgen.guides.GUIDE_FLOWS`, a factory of zuko flows (called as
             ``flow(features, context, **options)``), or a conditional zuko lazy
             distribution with ``D`` features and ``C`` context features.
         init_loc_fn: The initialisation of the local shift and of the global guide.
@@ -187,7 +187,7 @@ class AmortizedFlowGuide(_AmortizedGuide):
 
     def _setup_local(self, *batch: Tensor) -> None:
         init = self._local_init
-        flow = build_flow(
+        flow = build_guide_flow(
             self._flow_spec[0],
             self.local_dim,
             self._context_size(*batch),

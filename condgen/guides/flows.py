@@ -2,7 +2,14 @@ r"""Normalizing-flow guides: one zuko flow over all latent sites, in unconstrain
 
 from __future__ import annotations
 
-__all__ = ["FLOWS", "ElementwiseAffine", "FlowGuide", "FlowLatent", "TrilAffine", "build_flow"]
+__all__ = [
+    "GUIDE_FLOWS",
+    "ElementwiseAffine",
+    "FlowGuide",
+    "FlowLatent",
+    "TrilAffine",
+    "build_guide_flow",
+]
 
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,14 +23,14 @@ from torch.distributions import Distribution, Independent, Normal, biject_to, co
 from zuko.distributions import NormalizingFlow
 from zuko.lazy import Flow, LazyComposedTransform, LazyDistribution, LazyInverse, LazyTransform
 
-from ..priors.flow import FLOWS as PRIOR_FLOWS
+from ..priors.flow import FLOW_CLASSES
 from .affine import ElementwiseAffine, TrilAffine
 
-FLOWS: dict[str, Callable[..., Flow]] = {
-    name: flow for name, flow in PRIOR_FLOWS.items() if name != "ncsf"
+GUIDE_FLOWS: dict[str, Callable[..., Flow]] = {
+    name: flow for name, flow in FLOW_CLASSES.items() if name != "ncsf"
 }
-r"""The flows of :func:`build_flow` and the guides, by name: those of the one registry,
-:data:`condgen.priors.flow.FLOWS`, over :math:`\mathbb{R}^D`. zuko's circular spline flow
+r"""The flows of :func:`build_guide_flow` and the guides, by name: those of the one registry,
+:data:`condgen.priors.flow.FLOW_CLASSES`, over :math:`\mathbb{R}^D`. zuko's circular spline flow
 (NCSF) is left out on purpose: its support is the box :math:`[-\pi, \pi]^D`, not the
 unconstrained space of the latent sites."""
 
@@ -64,7 +71,7 @@ def _is_identity(transform: LazyTransform, features: int, context: int) -> bool:
     return bool(torch.allclose(y, probe, atol=1e-5))
 
 
-def build_flow(
+def build_guide_flow(
     flow: str | Callable[..., LazyDistribution] | LazyDistribution,
     features: int,
     context: int = 0,
@@ -93,7 +100,7 @@ def build_flow(
     standardisation; any other lazy distribution is used as it is.
 
     Arguments:
-        flow: A name in :data:`FLOWS`, a factory of zuko flows (e.g. ``zuko.flows.MAF`` or a
+        flow: A name in :data:`GUIDE_FLOWS`, a factory of zuko flows (e.g. ``zuko.flows.MAF`` or a
             :func:`functools.partial` of it) or a lazy distribution instance.
         features: The number of features :math:`D`.
         context: The number of context features (0 for an unconditional flow).
@@ -105,11 +112,12 @@ def build_flow(
             ``bins``, ...).
 
     Returns:
-        A lazy distribution: ``build_flow(...)(c)`` is a distribution over :math:`\mathbb{R}^D`.
+        A lazy distribution: ``build_guide_flow(...)(c)`` is a distribution over
+        :math:`\mathbb{R}^D`.
 
     Example:
-        >>> from condgen.guides import build_flow
-        >>> q = build_flow("nsf", 3, transforms=2, hidden_features=(32, 32))
+        >>> from condgen.guides import build_guide_flow
+        >>> q = build_guide_flow("nsf", 3, transforms=2, hidden_features=(32, 32))
         >>> u, log_q = q().rsample_and_log_prob((8,))
         >>> u.shape, log_q.shape
         (torch.Size([8, 3]), torch.Size([8]))
@@ -125,10 +133,10 @@ def build_flow(
     else:
         affine = ElementwiseAffine(features, context, loc=loc, scale=scale)
     if isinstance(flow, str):
-        if flow not in FLOWS:
+        if flow not in GUIDE_FLOWS:
             hint = " (a circular flow, for angles)" if flow == "ncsf" else ""
-            raise ValueError(f"unknown flow {flow!r}{hint}; flow names are {sorted(FLOWS)}")
-        flow = FLOWS[flow]
+            raise ValueError(f"unknown flow {flow!r}{hint}; flow names are {sorted(GUIDE_FLOWS)}")
+        flow = GUIDE_FLOWS[flow]
     if isinstance(flow, LazyDistribution):
         if options:
             raise ValueError(f"flow options {sorted(options)} need a flow name or factory")
@@ -137,7 +145,7 @@ def build_flow(
         return flow
     if not callable(flow):
         raise ValueError(
-            f"flow must be a name in {sorted(FLOWS)}, a factory of zuko flows or a zuko "
+            f"flow must be a name in {sorted(GUIDE_FLOWS)}, a factory of zuko flows or a zuko "
             f"LazyDistribution, got {flow!r}"
         )
     built = flow(features, context, **options)
@@ -283,7 +291,7 @@ class FlowGuide(AutoContinuous):
     .. math:: u = \mu + \sigma \odot f(\epsilon), \quad \epsilon \sim \mathcal{N}(0, I),
         \qquad x_s = T_s(u_s),
 
-    with :math:`f` a zuko flow (see :func:`build_flow`) and, by change of variables,
+    with :math:`f` a zuko flow (see :func:`build_guide_flow`) and, by change of variables,
 
     .. math:: \log q(x) = \log q(u) - \sum_s \log |\det J_{T_s}(u_s)|,
 
@@ -319,7 +327,7 @@ class FlowGuide(AutoContinuous):
 
     Arguments:
         model: A Pyro model with continuous latent sites of fixed shapes.
-        flow: A name in :data:`FLOWS` (``"nsf"``, ``"maf"``, ``"realnvp"``, ``"naf"``, ...),
+        flow: A name in :data:`GUIDE_FLOWS` (``"nsf"``, ``"maf"``, ``"realnvp"``, ``"naf"``, ...),
             a factory of zuko flows, or a zuko lazy distribution over :math:`\mathbb{R}^D`.
         init_loc_fn: A per-site initialisation (``pyro.infer.autoguide.init_to_*``) for
             :math:`\mu`.
@@ -370,8 +378,8 @@ class FlowGuide(AutoContinuous):
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
         self._scale_tril = bool(scale_tril)
-        if isinstance(flow, str) and flow not in FLOWS:
-            build_flow(flow, 1)  # raises with the list of names
+        if isinstance(flow, str) and flow not in GUIDE_FLOWS:
+            build_guide_flow(flow, 1)  # raises with the list of names
         self._flow_spec = (flow,)  # a tuple: an nn.Module flow is registered once, as .flow
         self._flow_options = flow_options
         self._init_scale = float(init_scale)
@@ -380,7 +388,7 @@ class FlowGuide(AutoContinuous):
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)
         loc = self._init_loc()
-        flow = build_flow(
+        flow = build_guide_flow(
             self._flow_spec[0],
             self.latent_dim,
             loc=loc.detach().cpu(),

@@ -3,7 +3,7 @@ log-density."""
 
 from __future__ import annotations
 
-__all__ = ["FLOWS", "FlowPrior", "build_flow"]
+__all__ = ["FLOW_CLASSES", "FlowPrior", "flow_from_config"]
 
 import copy
 from typing import Any
@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from .._training import Trainer, with_replacement
 from .base import Prior
 from .encoding import context_state, module_entry, prefixed
+from .nets import activation_class
 
-FLOWS: dict[str, type[zuko.flows.Flow]] = {
+FLOW_CLASSES: dict[str, type[zuko.flows.Flow]] = {
     "nsf": zuko.flows.NSF,
     "ncsf": zuko.flows.NCSF,
     "maf": zuko.flows.MAF,
@@ -29,17 +30,9 @@ FLOWS: dict[str, type[zuko.flows.Flow]] = {
     "gf": zuko.flows.GF,
     "cnf": zuko.flows.CNF,
 }
-r"""The flows of :meth:`FlowPrior.build`, by name: zuko's flow classes."""
-
-
-def _activation(value: Any) -> Any:
-    r"""An activation given by name (``"ELU"``) resolved to its ``torch.nn`` class."""
-    if isinstance(value, str):
-        cls = getattr(nn, value, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"unknown activation {value!r}: use a torch.nn class name")
-        return cls
-    return value
+r"""zuko's flow classes by name: those of :meth:`FlowPrior.build`, of
+:func:`flow_from_config` and of the NPE estimator (in the density direction), and, but for the
+circular ``"ncsf"``, of the flow guides (:data:`condgen.guides.GUIDE_FLOWS`)."""
 
 
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +49,7 @@ def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def build_flow(config: dict[str, Any]) -> zuko.flows.Flow:
+def flow_from_config(config: dict[str, Any]) -> zuko.flows.Flow:
     r"""Builds a zuko flow from a configuration ``{"flow": name, "features": ..., "context":
     ..., **options}`` (see :meth:`FlowPrior.build`) and stores the configuration in the
     flow's ``config`` attribute, so that :func:`~condgen.priors.save_prior` can save it.
@@ -66,12 +59,13 @@ def build_flow(config: dict[str, Any]) -> zuko.flows.Flow:
     """
     config = dict(config)
     name = str(config.pop("flow", "nsf")).lower()
-    if name not in FLOWS:
-        raise ValueError(f"unknown flow {name!r}; known flows are {sorted(FLOWS)}")
+    if name not in FLOW_CLASSES:
+        raise ValueError(f"unknown flow {name!r}; known flows are {sorted(FLOW_CLASSES)}")
     options = {
-        key: _activation(value) if key == "activation" else value for key, value in config.items()
+        key: activation_class(value) if key == "activation" else value
+        for key, value in config.items()
     }
-    flow = FLOWS[name](**options)
+    flow = FLOW_CLASSES[name](**options)
     flow.config = {"flow": name, **_plain_options(config)}
     return flow
 
@@ -177,7 +171,7 @@ class FlowPrior(Prior):
         Arguments:
             features: The number of features :math:`d` of the events ``(d,)``.
             context: The number of context features (0 for an unconditional prior).
-            flow: The flow's name, a key of :data:`FLOWS`: ``"nsf"`` (neural spline),
+            flow: The flow's name, a key of :data:`FLOW_CLASSES`: ``"nsf"`` (neural spline),
                 ``"maf"`` (masked autoregressive), ``"nice"``, ``"realnvp"``, ``"ncsf"``,
                 ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"``, ``"gf"``, ``"cnf"``.
             flow_options: Options of the zuko class, e.g. ``transforms=5``,
@@ -193,7 +187,9 @@ class FlowPrior(Prior):
         if features < 1 or context < 0:
             raise ValueError(f"need features >= 1 and context >= 0, got {features}, {context}")
         return cls(
-            build_flow({"flow": flow, "features": features, "context": context, **flow_options})
+            flow_from_config(
+                {"flow": flow, "features": features, "context": context, **flow_options}
+            )
         )
 
     @property
@@ -207,7 +203,7 @@ class FlowPrior(Prior):
         name = None if config is None else config.get("flow")
         if config is not None:
             config = {k: v for k, v in config.items() if k != "flow"}
-        entry, weights = module_entry(self.flow, FLOWS, config, name)
+        entry, weights = module_entry(self.flow, FLOW_CLASSES, config, name)
         config = {"event_shape": list(self.event_shape), "flow": entry}
         return config, {**prefixed("flow", weights), **context_state(self)}
 

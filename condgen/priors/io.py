@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from .._format import read
 from .base import FORMAT, VERSION, Prior
-from .flow import FLOWS, FlowPrior, build_flow
+from .flow import FLOW_CLASSES, FlowPrior, flow_from_config
 from .mixture import GaussianMixturePrior
 from .nets import NETS
 from .path import DiffusionPrior, FlowMatchingPrior, PathPrior
@@ -114,9 +114,9 @@ def _build_net(name: str, config: dict[str, Any]) -> nn.Module:
 
 
 def _build_flow(name: str, config: dict[str, Any]) -> nn.Module:
-    if name not in FLOWS:
-        raise ValueError(f"unknown flow {name!r}; known flows are {sorted(FLOWS)}")
-    return build_flow({**config, "flow": name})
+    if name not in FLOW_CLASSES:
+        raise ValueError(f"unknown flow {name!r}; known flows are {sorted(FLOW_CLASSES)}")
+    return flow_from_config({**config, "flow": name})
 
 
 # ---------------------------------------------------------------------- priors to and from

@@ -15,7 +15,7 @@ accepted by the priors as well.
 
 from __future__ import annotations
 
-__all__ = ["MLP", "NETS", "TimeEmbedding", "UNet"]
+__all__ = ["MLP", "NETS", "TimeEmbedding", "UNet", "activation_class"]
 
 import itertools
 import math
@@ -27,13 +27,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _activation(activation: type[nn.Module] | str) -> tuple[str, type[nn.Module]]:
+def activation_class(activation: type[nn.Module] | str) -> type[nn.Module]:
+    r"""The ``torch.nn`` activation class given as itself or by its name (``"ELU"``): how the
+    networks and the flows of :mod:`condgen.priors` take an activation, so that a configuration
+    of names can be saved.
+
+    Raises:
+        ValueError: If a name is not that of a ``torch.nn`` module class.
+    """
     if isinstance(activation, str):
         cls = getattr(nn, activation, None)
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"unknown activation {activation!r}: name a torch.nn module")
-        return activation, cls
-    return activation.__name__, activation
+            raise ValueError(f"unknown activation {activation!r}: name a torch.nn module class")
+        return cls
+    return activation
 
 
 class TimeEmbedding(nn.Module):
@@ -175,13 +182,13 @@ class MLP(nn.Module):
                 f"MLP needs features >= 1, context >= 0 and at least one hidden width >= 1, got "
                 f"features={features}, context={context}, hidden={hidden}"
             )
-        name, activation_cls = _activation(activation)
+        activation_cls = activation_class(activation)
         self.config: dict[str, Any] = {
             "features": int(features),
             "context": int(context),
             "hidden": hidden,
             "time_embedding": int(time_embedding),
-            "activation": name,
+            "activation": activation_cls.__name__,
         }
         self.time_embedding = TimeEmbedding(time_embedding)
         self.context_embedding = (
