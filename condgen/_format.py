@@ -13,18 +13,22 @@ A file is written by :func:`torch.save` and holds only plain data and tensors:
     }
 
 :func:`write` replaces the file atomically (a temporary file beside it, synced, then
-renamed); :func:`read` checks the archive's CRC-32 checksums, loads it with
-``torch.load(weights_only=True)`` (which refuses pickled code) and checks the format, the
-version and the two entries, with errors that say what the file is instead.
+renamed), after removing the temporary files that writes of the same path by processes that no
+longer run left behind (:func:`remove_stale_temporaries`). :func:`read` checks the archive's
+CRC-32 checksums, loads it with ``torch.load(weights_only=True)`` (which refuses pickled code)
+and checks the format, the version and the two entries, with errors that say what the file is
+instead.
 """
 
 from __future__ import annotations
 
-__all__ = ["check_plain", "read", "write"]
+__all__ = ["check_plain", "read", "remove_stale_temporaries", "write"]
 
 import contextlib
 import os
 import pickle
+import re
+import socket
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -34,6 +38,7 @@ import torch
 from torch import Tensor
 
 PathLike = str | os.PathLike
+_PID_AND_RANDOM = re.compile(r"(\d+)\.[a-z0-9_]+\.tmp")
 
 
 def check_plain(value: Any, where: str) -> None:
@@ -66,6 +71,52 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+def _temporary_prefix(path: str) -> str:
+    r"""``.NAME.HOST.``: the temporary files that :func:`write` writes beside ``path`` are
+    ``.NAME.HOST.PID.XXXXXXXX.tmp``, so that a later write can tell whose they are."""
+    return f".{os.path.basename(path)}.{socket.gethostname()}."
+
+
+def _alive(pid: int) -> bool:
+    r"""Whether a process ``pid`` runs on this host (on Windows, where there is no signal 0 to
+    ask with, every process counts as alive)."""
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would send CTRL_C_EVENT
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> list[str]:
+    r"""Removes the temporary files that writes of ``path`` by processes of this host that no
+    longer run left beside it (a process killed with SIGKILL during :func:`write`), and
+    returns their paths.
+
+    Temporary files of running processes (a concurrent write) and of other hosts (a shared
+    file system) are kept, as are files of other names.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temporary_prefix(path)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        # mkstemp's random part is made of lowercase letters, digits and underscores
+        match = name.startswith(prefix) and _PID_AND_RANDOM.fullmatch(name[len(prefix) :])
+        if match and int(match[1]) > 0 and not _alive(int(match[1])):
+            with contextlib.suppress(OSError):  # another writer may have removed it first
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    return removed
+
+
 def write(
     path: PathLike,
     format: str,
@@ -96,9 +147,9 @@ def write(
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _file_mode(path)
-    fd, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
+    remove_stale_temporaries(path)
+    prefix = f"{_temporary_prefix(path)}{os.getpid()}."
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(document, file)

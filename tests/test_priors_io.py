@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -144,6 +148,78 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
         PRIORS["flow-nsf"]().save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["prior.pt"]
+
+
+# A child process that saves a prior to argv[1] and is stopped, by a torch.save that has
+# written part of the file, before the rename: it prints its PID and waits to be killed.
+_KILLED_WRITER = """
+import os, sys, time, torch
+from condgen.priors import GaussianMixturePrior
+
+def stuck_save(obj, file):
+    file.write(b"partial archive")
+    file.flush()
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+
+torch.save = stuck_save
+GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None]).save(sys.argv[1])
+"""
+
+
+def _temporaries(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL on this platform")
+def test_a_save_removes_what_a_killed_save_left(tmp_path):
+    """A process killed with SIGKILL in the middle of a save cannot remove its temporary file
+    (``.NAME.HOST.PID.XXXXXXXX.tmp``); the next save of the same path does, since that PID
+    no longer runs. The child is killed once it has written part of the file (it says so on
+    its stdout and then waits), so the test does not depend on timing."""
+    path = tmp_path / "prior.pt"
+    mixture().save(path)
+    before = path.read_bytes()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(child.stdout.readline())
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()  # reaped: its PID no longer runs
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL and pid == child.pid
+    (left,) = _temporaries(tmp_path)  # the leak: SIGKILL runs no cleanup
+    assert left.startswith(f".prior.pt.{socket.gethostname()}.{pid}.")
+    assert path.read_bytes() == before  # the old file is whole
+
+    mixture().save(path)
+    assert os.listdir(tmp_path) == ["prior.pt"]
+    assert_same_prior(mixture(), load(path))
+
+
+def test_a_save_keeps_the_temporary_files_of_running_writers(tmp_path):
+    """A temporary file of a process that still runs (a concurrent save of the same path, here
+    this process's own PID), one of another host, and files of other names stay; one of a
+    PID that runs no process goes."""
+    path = tmp_path / "prior.pt"
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    names = {
+        "running": f".prior.pt.{host}.{os.getpid()}.abc123_x.tmp",
+        "other host": f".prior.pt.not-{host}.{dead.stdout.strip()}.abc123_x.tmp",
+        "other file": f".other.pt.{host}.{dead.stdout.strip()}.abc123_x.tmp",
+        "not ours": f".prior.pt.{host}.notes.tmp",
+        "dead": f".prior.pt.{host}.{dead.stdout.strip()}.abc123_x.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    mixture().save(path)
+    kept = {label for label, name in names.items() if (tmp_path / name).exists()}
+    assert kept == {"running", "other host", "other file", "not ours"}
+    assert_same_prior(mixture(), load(path))
 
 
 # ---------------------------------------------------------------------- networks by value

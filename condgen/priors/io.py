@@ -171,7 +171,8 @@ _DECODERS: dict[str, Callable[[dict, dict, Any, str], Prior]] = {
 def save_prior(prior: Prior, path: PathLike) -> None:
     r"""Saves a prior to a file that :func:`load` reads back, atomically: the file is written
     next to ``path`` under a temporary name, then renamed, so that ``path`` always holds
-    either the old file or the complete new one.
+    either the old file or the complete new one. Temporary files that earlier saves of
+    ``path`` left behind when their process was killed are removed first.
 
     Arguments:
         prior: A :class:`GaussianMixturePrior`, :class:`DiffusionPrior`,
