@@ -3,7 +3,7 @@ guidance."""
 
 from __future__ import annotations
 
-__all__ = ["CFG", "DPS", "ClassifierGuidance", "DPSStep", "PiGDM"]
+__all__ = ["CFG", "DPS", "ClassifierGuidance", "DPSStep", "PiGDM", "guided_estimate"]
 
 from collections.abc import Callable
 
@@ -11,20 +11,97 @@ import torch
 from torch import Tensor
 
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
-from ..priors.path import DiffusionPrior
+from ..priors.path import DiffusionPrior, PathPrior
 from ..priors.samplers import PathStep, Step, check_sampler, make_sampler
 from .base import register
 from .path import GuidedSampler, PathMethod, PathSetup
 
 
-def _denoise_with_grad(setup: PathSetup, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    x_t = x_t.detach().requires_grad_()
-    return x_t, setup.prior.denoise(x_t, t)
+def guided_estimate(
+    prior: PathPrior,
+    x_t: Tensor,
+    t: Tensor,
+    log_guide: Callable[[Tensor], Tensor],
+    of: str = "denoised",
+) -> Tensor:
+    r"""The denoised estimate corrected by a guidance term through Tweedie's formula, with its
+    limit where :math:`\alpha_t \to 0`.
 
+    A guidance term :math:`\log g_t(x_t)` added to the prior's log-density at time :math:`t`
+    adds its gradient to the score, which Tweedie's formula :math:`E[x \mid x_t] = (x_t +
+    \sigma_t^2 \nabla \log p_t(x_t)) / \alpha_t` turns into a correction of the denoiser
+    :math:`\hat x_0 = D(x_t, t)`:
 
-def _tweedie(setup: PathSetup, x0: Tensor, grad: Tensor, t: Tensor) -> Tensor:
-    alpha, sigma = setup.prior.schedule(t)
-    return (x0 + sigma**2 / alpha * grad).detach()
+    .. math:: D'(x_t, t) = \hat x_0 + \frac{\sigma_t^2}{\alpha_t}
+        \nabla_{x_t} \log g_t(x_t).
+
+    ``of="denoised"``: the guidance is a function of the denoised estimate, :math:`\log g_t =
+    \ell(\hat x_0(x_t))` (PiGDM, Langevin). Its gradient is the vector-Jacobian product
+    :math:`J^\top \nabla \ell(\hat x_0)` with :math:`J = \partial \hat x_0 / \partial x_t =
+    (\alpha_t / \sigma_t^2) \mathrm{Cov}[x \mid x_t]`. Where :math:`\alpha_t \to 0`
+    (:math:`t = 1` on the rectified or cosine path) the factor :math:`\sigma_t^2 / \alpha_t`
+    diverges while :math:`J \to 0`; with the Gaussian approximation :math:`\mathrm{Cov}[x \mid
+    x_t] \approx r_t^2 I`, :math:`r_t^2 = \sigma_t^2 / (\alpha_t^2 + \sigma_t^2)` (exact for
+    a unit-variance Gaussian prior), the correction has the finite limit
+
+    .. math:: D'(x_t, t) = \hat x_0 + r_t^2\, \nabla \ell(\hat x_0),
+
+    with :math:`r_1^2 = 1` at :math:`\alpha_1 = 0`.
+
+    ``of="noisy"``: the guidance is a function of :math:`x_t` itself, e.g. a noise-conditional
+    classifier :math:`\log p(c \mid x_t, t)`. For an exact classifier the correction is
+    :math:`E[x \mid x_t, c] - E[x \mid x_t]`, whose limit :math:`E[x \mid c] - E[x]` the
+    gradient cannot give where :math:`\alpha_t = 0` (:math:`x_t` then carries no information
+    on :math:`x`, and the gradient vanishes): there the correction is left out,
+    :math:`D' = \hat x_0`, an error of order :math:`\alpha_s` in the next state :math:`x_s`.
+
+    The limit forms are used where :math:`\alpha_t \le 10^{-3} \sigma_t`, the formula
+    elsewhere.
+
+    Arguments:
+        prior: The path prior, with its denoiser and schedule.
+        x_t: The noisy states, shaped ``[n, *event_shape]``.
+        t: The time, a scalar tensor.
+        log_guide: :math:`\ell` (of the denoised estimate) or :math:`\log g_t` (of
+            :math:`x_t`), one value per state, differentiable.
+        of: ``"denoised"`` or ``"noisy"``, what ``log_guide`` takes.
+
+    Returns:
+        :math:`D'(x_t, t)`, detached, shaped like ``x_t``.
+
+    Example:
+        A standard normal prior on the rectified path, guided by :math:`\ell(x) = x_1`: the
+        correction is :math:`r_t^2 e_1`, with :math:`r_t^2 = 1/2` at :math:`t = 1/2` and the
+        limit :math:`r_1^2 = 1` at :math:`t = 1`, where :math:`\alpha_1 = 0`.
+
+        >>> from condgen.methods.guidance import guided_estimate
+        >>> from condgen.priors import GaussianMixturePrior
+        >>> prior = GaussianMixturePrior(
+        ...     torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None], schedule="rectified"
+        ... )
+        >>> def first(x0):
+        ...     return x0[:, 0]
+        >>> x_t = torch.zeros(1, 2)
+        >>> guided_estimate(prior, x_t, torch.tensor(0.5), first)
+        tensor([[0.5000, 0.0000]])
+        >>> guided_estimate(prior, x_t, torch.tensor(1.0), first)
+        tensor([[1., 0.]])
+    """
+    if of not in ("denoised", "noisy"):
+        raise ValueError(f"of must be 'denoised' or 'noisy', got {of!r}")
+    alpha, sigma = prior.schedule(t)
+    limit = bool(alpha <= 1e-3 * sigma)
+    through = of == "denoised" and not limit  # differentiate through the denoiser
+    with torch.set_grad_enabled(through):
+        x = x_t.detach().requires_grad_(through)
+        x0 = prior.denoise(x, t)
+    if of == "noisy" and limit:
+        return x0.detach()
+    with torch.enable_grad():
+        point = x if through else (x0 if of == "denoised" else x_t).detach().requires_grad_()
+        (grad,) = torch.autograd.grad(log_guide(x0 if through else point).sum(), point)
+    factor = sigma**2 / (alpha**2 + sigma**2) if limit else sigma**2 / alpha
+    return (x0 + factor * grad).detach()
 
 
 class DPSStep(Step):
@@ -43,7 +120,8 @@ class DPSStep(Step):
     def step(self, state: dict, i: int, t: Tensor, s: Tensor) -> tuple[dict, dict]:
         x = state["x"]
         with torch.enable_grad():
-            x_t, x0 = _denoise_with_grad(self.setup, x, t)
+            x_t = x.detach().requires_grad_()
+            x0 = self.setup.prior.denoise(x_t, t)
             log_lik, residual = self.setup.likelihood_terms(x0)
             (grad,) = torch.autograd.grad(log_lik.sum(), x_t) if self.scale else (0.0,)
         size = self.scale / residual.detach().clamp(min=1e-12)
@@ -205,16 +283,13 @@ class PiGDM(GuidedSampler):
         chol = torch.linalg.cholesky(
             cov + jitter * torch.eye(len(A), dtype=A.dtype, device=A.device)
         )
-        limit = bool(alpha <= 1e-3 * sigma)  # sigma^2 / alpha diverges: use the limit form
-        with torch.set_grad_enabled(not limit):
-            x_t, x0 = _denoise_with_grad(setup, x_t, t)
-            flat = x0.reshape(len(x0), -1)
-            residual = setup.y - flat @ A.T - b
-            weights = torch.cholesky_solve(residual.detach().unsqueeze(-1), chol).squeeze(-1)
-            if limit:  # r_t^2 A^T Sigma_t^-1 (y - A x0 - b)
-                return (x0 + self.scale * r2 * (weights @ A).reshape(x0.shape)).detach()
-            (grad,) = torch.autograd.grad((flat @ A.T * weights).sum(), x_t)
-        return _tweedie(setup, x0, self.scale * grad, t)
+
+        def log_guide(x0: Tensor) -> Tensor:  # log N(y; A x0 + b, Sigma_t), up to a constant
+            residual = setup.y - x0.reshape(len(x0), -1) @ A.T - b
+            z = torch.linalg.solve_triangular(chol, residual.unsqueeze(-1), upper=False)
+            return -0.5 * self.scale * z.squeeze(-1).pow(2).sum(-1)
+
+        return guided_estimate(setup.prior, x_t, t, log_guide)
 
 
 @register
@@ -266,12 +341,10 @@ class ClassifierGuidance(GuidedSampler):
         return super().setup(problem)
 
     def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
-        x0 = setup.prior.denoise(x_t, t)
-        with torch.enable_grad():
-            x_t = x_t.detach().requires_grad_()
-            log_p = self.classifier(x_t, t.expand(len(x_t)))
-            (grad,) = torch.autograd.grad(log_p.sum(), x_t)
-        return _tweedie(setup, x0, self.scale * grad, t)
+        def log_guide(x: Tensor) -> Tensor:
+            return self.scale * self.classifier(x, t.expand(len(x)))
+
+        return guided_estimate(setup.prior, x_t, t, log_guide, of="noisy")
 
 
 @register
@@ -327,5 +400,4 @@ class CFG(GuidedSampler):
         with torch.no_grad():
             unconditional = setup.unconditional.denoise(x_t, t)
             conditional = setup.prior.denoise(x_t, t)
-            setup.prior.nfe += 1  # the unconditional pass ran on a copy of the prior
         return unconditional + self.scale * (conditional - unconditional)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..priors.samplers import PathStep, Step
 from .base import register
+from .guidance import guided_estimate
 from .path import GuidedSampler, PathSetup
 
 
@@ -68,30 +69,16 @@ class Langevin(GuidedSampler):
         self.corrector_steps, self.snr, self.scale = corrector_steps, snr, scale
 
     def guided(self, setup: PathSetup, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        r"""The guided denoiser and the posterior score at :math:`(x, t)`.
+        r"""The guided denoiser :math:`D'` at :math:`(x, t)`, by
+        :func:`~condgen.methods.guidance.guided_estimate` (with its limit where
+        :math:`\alpha_t \to 0`), and the posterior score it gives by Tweedie's formula,
+        :math:`(\alpha_t D' - x) / \sigma_t^2`: the prior's score plus the likelihood term."""
 
-        Where :math:`\alpha_t \to 0` (:math:`t = 1` on the rectified path) the factor
-        :math:`\sigma_t^2 / \alpha_t` diverges while the gradient vanishes; with
-        :math:`p(x_0 \mid x_t) \approx \mathcal{N}(\hat x_0, r_t^2 I)`, :math:`r_t^2 =
-        \sigma_t^2 / (\alpha_t^2 + \sigma_t^2)`, the Jacobian of :math:`\hat x_0` is
-        :math:`(\alpha_t r_t^2 / \sigma_t^2) I`, which gives the finite limit
-        :math:`D' = \hat x_0 + r_t^2 \lambda \nabla_{x_0} \log p(y \mid \hat x_0)`.
-        """
-        schedule = setup.prior.schedule
-        alpha, sigma = schedule(t)
-        limit = bool(alpha <= 1e-3 * sigma)
-        with torch.enable_grad():
-            x = x.detach().requires_grad_()
-            x0 = setup.prior.denoise(x, t)
-            if limit:
-                x0 = x0.detach().requires_grad_()
-            log_lik = self.scale * setup.log_likelihood(x0)
-            (grad,) = torch.autograd.grad(log_lik.sum(), x0 if limit else x)
-        prior_score = schedule.score(x.detach(), x0.detach(), t, 0)
-        if limit:
-            r2 = sigma**2 / (alpha**2 + sigma**2)
-            return (x0 + r2 * grad).detach(), prior_score + alpha * r2 / sigma**2 * grad
-        return (x0 + sigma**2 / alpha * grad).detach(), prior_score + grad
+        def log_guide(x0: Tensor) -> Tensor:
+            return self.scale * setup.log_likelihood(x0)
+
+        guided = guided_estimate(setup.prior, x, t, log_guide)
+        return guided, setup.prior.schedule.score(x, guided, t, 0)
 
     def guided_denoise(self, setup: PathSetup, x_t: Tensor, t: Tensor) -> Tensor:
         return self.guided(setup, x_t, t)[0]
