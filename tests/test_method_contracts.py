@@ -2,8 +2,10 @@
 ``condgen.methods.available()`` (as zuko's tests run over every flow): draws shaped
 ``[chains, draws, *site]`` for every latent site, the same draws for the same seed and others for
 another, an ArviZ export with the posterior, log_likelihood and observed_data groups, and a
-clear error for a NaN observation or an unknown option. A method registered without a case
-here fails the suite, so a new method cannot skip its contract.
+clear error for a NaN observation or an unknown option (condition's shared checks), for an
+option value the method refuses and for a model it cannot handle (the method's own checks). A
+method registered without a case here fails the suite, so a new method cannot skip its
+contract.
 
 Sizes are the smallest that exercise each method's code path; accuracy is tested elsewhere
 against exact posteriors."""
@@ -147,3 +149,100 @@ def test_bad_input_names_the_site_or_option(method):
         condgen.condition(model, broken, method=method, progress=False, **options)
     with pytest.raises(ValueError, match="'stepz'"):
         condgen.condition(model, data, method=method, progress=False, stepz=3, **options)
+
+
+# The NaN observation and the unknown option above are refused by condition's shared checks,
+# before any method code runs. The cases below reach each method's own validation: an option
+# with a valid name but a value the method refuses, and a model it cannot handle (whose error
+# names the site). Both fail before any sampling, so they are fast.
+
+
+def _discrete():
+    k = pyro.sample("k", dist.Bernoulli(0.5))
+    pyro.sample("y", dist.Normal(k, 1.0))
+    return None
+
+
+def _no_path_prior():
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(z, 1.0))
+
+
+def _path_prior_and_another_site():
+    prior = GaussianMixtureInverseProblem.circle(seed=0).prior
+    x = pyro.sample("x", prior)
+    s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(x[..., :1], s.unsqueeze(-1)).to_event(1))
+
+
+_Y = {"y": torch.tensor(0.3)}
+_Y1 = {"y": torch.tensor([0.3])}
+_WRONG_ROWS = condgen.likelihoods.LinearGaussian(torch.ones(3, 2), 0.5)
+
+#: For each method: an option value its own code refuses, and the message it must give.
+BAD_OPTIONS = {
+    "nuts": ({"num_chains": 0}, "num_chains must be >= 1"),
+    "svi": ({"lr_decay": 2.0}, "lr_decay"),
+    "importance": ({"proposal": "uniform"}, "proposal must be 'guide' or 'prior'"),
+    "tds": ({"twist_schedule": "linear"}, "twist_schedule must be 'snr' or 'constant'"),
+    "smc": ({"moment_samples": 1}, "moment_samples must be at least 2"),
+    "tempered": ({"target_ess": 1.5}, r"target_ess must lie in \(0, 1\)"),
+    "gibbs": ({"kernel": "mala"}, "kernel must be 'nuts' or 'hmc'"),
+    "dps": ({"sampler": "rk4"}, "unknown sampler 'rk4'"),
+    "pigdm": ({"linear": _WRONG_ROWS}, "linear.A has 3 rows"),
+    "classifier": ({"classifier": None}, "needs classifier=callable"),
+    "cfg": ({"sampler": "heun", "eta": 0.5}, "eta sets the noise of 'ddim' and 'ddpm'"),
+    "langevin": ({"snr": -1.0}, "snr > 0"),
+    "npe": ({"estimator": "npe.pt"}, "estimator must be a condgen.infer.NPE"),
+    "fmpe": ({"estimator": None}, "method 'fmpe' needs a trained estimator"),
+    "npse": ({"estimator": "npse.pt"}, "estimator must be a condgen.infer.NPSE"),
+}
+
+#: For each method: a model it cannot handle, its data, and the message, which names the site.
+UNHANDLED_MODELS = {
+    "nuts": (_discrete, _Y, "method 'nuts' needs continuous latent sites, but site 'k'"),
+    "svi": (_discrete, _Y, "method 'svi' needs continuous latent sites, but site 'k'"),
+    # importance fits its proposal by SVI first, whose check names the site
+    "importance": (_discrete, _Y, "needs continuous latent sites, but site 'k'"),
+    "tds": (
+        _no_path_prior,
+        _Y,
+        r"method 'tds' needs a latent site with a condgen path prior.*'z'",
+    ),
+    "smc": (_discrete, _Y, "method 'smc' needs continuous latent sites, but site 'k'"),
+    "tempered": (_discrete, _Y, "method 'tempered' needs continuous latent sites, but site 'k'"),
+    "gibbs": (_no_path_prior, _Y, r"method 'gibbs' needs a latent site with .*'z'"),
+    "dps": (_path_prior_and_another_site, _Y1, r"'x' alone.*\['s'\].*method='gibbs'"),
+    "pigdm": (_no_path_prior, _Y, r"method 'pigdm' needs a latent site with .*'z'"),
+    "classifier": (_path_prior_and_another_site, _Y1, r"'x' alone.*\['s'\]"),
+    "cfg": (
+        _mixture,
+        None,
+        "method 'cfg' needs a conditional prior bound to a context at site 'x'",
+    ),
+    "langevin": (_no_path_prior, _Y, r"method 'langevin' needs a latent site with .*'z'"),
+    # an estimator trained on another model: GaussianLinear observes 'x', these models 'y'
+    "npe": (_no_path_prior, _Y, r"trained to condition on the sites \['x'\].*observe \['y'\]"),
+    "fmpe": (_discrete, _Y, r"trained to condition on the sites \['x'\].*observe \['y'\]"),
+    "npse": (_no_path_prior, _Y, r"trained to condition on the sites \['x'\].*observe \['y'\]"),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_method_refuses_a_bad_option_value(method):
+    model, data, options = CASES[method]()
+    assert method in BAD_OPTIONS, f"method {method!r} has no bad-option case"
+    bad, message = BAD_OPTIONS[method]
+    with pytest.raises(ValueError, match=message):
+        condgen.condition(model, data, method=method, progress=False, **{**options, **bad})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_method_refuses_a_model_it_cannot_handle(method):
+    _, _, options = CASES[method]()
+    assert method in UNHANDLED_MODELS, f"method {method!r} has no unhandled-model case"
+    model, data, message = UNHANDLED_MODELS[method]
+    if data is None:  # the case's own model builder
+        model, data = model()
+    with pytest.raises(ValueError, match=message):
+        condgen.condition(model, data, method=method, num_samples=8, progress=False, **options)
