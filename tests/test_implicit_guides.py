@@ -326,7 +326,7 @@ LATENT = 4
 
 
 def test_semi_implicit_vae_on_digits():
-    r"""An amortized semi-implicit VAE (``SemiImplicitGuide(..., encoder=...)``) on
+    r"""An amortized semi-implicit VAE (``AmortizedSemiImplicitGuide(model, encoder)``) on
     scikit-learn's binarised digits (1500 train, 297 held out), latent dimension 4, decoder
     4-64-64 (tanh), encoder 64-64-16 (the context), mixing network hidden (32, 32),
     minibatches of 100 by plate subsampling, SIVI_ELBO (1 particle, 50 inner draws),
@@ -350,8 +350,7 @@ def test_semi_implicit_vae_on_digits():
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
 
-    guide = SemiImplicitGuide(model, noise_dim=LATENT, hidden=(32, 32), encoder=encoder)
-    assert isinstance(guide, AmortizedSemiImplicitGuide)
+    guide = AmortizedSemiImplicitGuide(model, encoder, noise_dim=LATENT, hidden=(32, 32))
 
     def held_out(num_draws: int = 32, num_inner: int = 256) -> float:
         with torch.no_grad():
@@ -392,7 +391,7 @@ def test_amortized_semi_implicit_with_global_latent_in_condition():
     torch.manual_seed(0)
     x = 2.0 + 1.2 * torch.randn(40)
     encoder = nn.Sequential(nn.Unflatten(-1, (-1, 1)), nn.Linear(1, 4))  # [B] -> [B, 4]
-    guide = SemiImplicitGuide(hierarchical_model, hidden=(16,), encoder=encoder, data={"x": x})
+    guide = AmortizedSemiImplicitGuide(hierarchical_model, encoder, hidden=(16,), data={"x": x})
     post = condgen.condition(
         hierarchical_model,
         {"x": x},
@@ -408,17 +407,16 @@ def test_amortized_semi_implicit_with_global_latent_in_condition():
 
 
 def test_amortized_implicit_guide_in_condition():
-    r"""``ImplicitGuide(..., encoder=...)``: an amortized generator of the local ``z_i`` beside
-    an AutoNormal ``mu``, trained by AdversarialELBO (16 particles, so 16 draws per datum for
-    its per-datum contrast), 300 steps through ``condition``. Exact: ``mu | x`` has mean
-    0.9988 mean(x) (1.901) and sd 0.177; ``z_i | mu, x_i`` has mean (mu + 4 x_i) / 5 and sd
-    0.447. Measured (one thread, 6 s): mu mean 1.893, sd 0.158; z sd 0.456 on average, its
+    r"""``AmortizedImplicitGuide(model, encoder)``: an amortized generator of the local
+    ``z_i`` beside an AutoNormal ``mu``, trained by AdversarialELBO (16 particles, so 16 draws
+    per datum for its per-datum contrast), 300 steps through ``condition``. Exact: ``mu | x``
+    has mean 0.9988 mean(x) (1.901) and sd 0.177; ``z_i | mu, x_i`` has mean (mu + 4 x_i) / 5
+    and sd 0.447. Measured (one thread, 6 s): mu mean 1.893, sd 0.158; z sd 0.456 on average, its
     mean at most 0.08 off. Bounds: 0.15 on the means, z sd in [0.35, 0.6]."""
     torch.manual_seed(0)
     x = 2.0 + 1.2 * torch.randn(40)
     encoder = nn.Sequential(nn.Unflatten(-1, (-1, 1)), nn.Linear(1, 4))
-    guide = ImplicitGuide(hierarchical_model, hidden=(16,), encoder=encoder, data={"x": x})
-    assert isinstance(guide, AmortizedImplicitGuide)
+    guide = AmortizedImplicitGuide(hierarchical_model, encoder, hidden=(16,), data={"x": x})
     post = condgen.condition(
         hierarchical_model,
         {"x": x},
@@ -470,6 +468,22 @@ def test_bad_arguments_name_themselves():
         SIVI_ELBO().loss(correlated, AutoNormal(correlated), y)
     with pytest.raises(ValueError, match="trained discriminator"):
         AdversarialELBO().log_ratio(correlated, ImplicitGuide(correlated), torch.zeros(3, 2), y)
+
+
+@pytest.mark.parametrize(
+    "guide, amortized",
+    [(SemiImplicitGuide, AmortizedSemiImplicitGuide), (ImplicitGuide, AmortizedImplicitGuide)],
+)
+def test_global_guides_name_their_amortized_form(guide, amortized):
+    """A guide of all latent sites given an encoder names the amortized class to use, and the
+    amortized class, given the same model and encoder, is the guide of the local latents."""
+    encoder = nn.Sequential(nn.Unflatten(-1, (-1, 1)), nn.Linear(1, 4))
+    x = torch.randn(40)
+    with pytest.raises(ValueError, match=f"use condgen.guides.{amortized.__name__}"):
+        guide(hierarchical_model, encoder=encoder, data={"x": x})
+    local = amortized(hierarchical_model, encoder, data={"x": x})
+    assert type(local) is amortized
+    assert local()["z"].shape == (40,)
 
 
 def test_importance_refuses_implicit_guide():

@@ -43,7 +43,6 @@ class AmortizedImplicitGuide(_AmortizedNoiseGuide):
     latents get a non-amortized guide (:class:`~pyro.infer.autoguide.AutoNormal` by default),
     whose density is exact. The model contract (data plate, observations, subsampling) is
     :class:`~condgen.guides.AmortizedNormal`'s; the encoder returns the context, ``[B, C]``.
-    ``ImplicitGuide(model, ..., encoder=encoder)`` builds one.
 
     Arguments:
         model: A Pyro model.
@@ -68,11 +67,9 @@ class AmortizedImplicitGuide(_AmortizedNoiseGuide):
         ...     with pyro.plate("data", len(x)):
         ...         z = pyro.sample("z", dist.Exponential(1.0).expand([2]).to_event(1))
         ...         pyro.sample("x", dist.Normal(z.sum(-1), 0.1), obs=x)
-        >>> from condgen.guides import AmortizedImplicitGuide, ImplicitGuide
+        >>> from condgen.guides import AmortizedImplicitGuide
         >>> encoder = torch.nn.Linear(1, 8)  # x [B, 1] -> context [B, 8]
-        >>> guide = ImplicitGuide(model, encoder=encoder, observations=lambda x: x[:, None])
-        >>> isinstance(guide, AmortizedImplicitGuide)
-        True
+        >>> guide = AmortizedImplicitGuide(model, encoder, observations=lambda x: x[:, None])
         >>> optim = pyro.optim.Adam({"lr": 1e-3})
         >>> svi = pyro.infer.SVI(model, guide, optim, guide.default_loss())
         >>> loss = svi.step(lengths)
@@ -139,8 +136,9 @@ class ImplicitGuide(_NoiseGuide):
         hidden: The hidden layers of the default generator.
         init_loc_fn: A per-site initialisation for the default generator's centre.
         init_scale: The default generator's initial spread.
-        encoder: An encoder of a data plate's observations: then the guide built is an
-            :class:`AmortizedImplicitGuide` of the plate's local latents.
+        encoder: Not taken, nor the options of a data plate (``options``): a guide of the
+            local latents of a data plate, amortized by an encoder of their observations, is an
+            :class:`AmortizedImplicitGuide`, which the :class:`ValueError` raised for them names.
 
     Example:
         >>> import condgen, pyro
@@ -166,10 +164,11 @@ class ImplicitGuide(_NoiseGuide):
         *,
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
-        encoder: None = None,
+        encoder: Callable | None = None,
+        **options: Any,
     ):
         _check_generator(generator, noise_dim)
-        super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale)
+        super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale, encoder, options)
         self.generator = generator
 
     _amortized = AmortizedImplicitGuide

@@ -18,17 +18,13 @@ from .latents import _NoiseLatent
 
 class _NoiseGuide(AutoContinuous):
     r"""The common part of the guides over all latent sites driven by noise: the unconstrained
-    packing of :class:`~pyro.infer.autoguide.AutoContinuous`, a network built at the first
-    call from the model's initial point, and, given an ``encoder``, the amortized form
-    (:attr:`_amortized`) for the local latents of a data plate."""
+    packing of :class:`~pyro.infer.autoguide.AutoContinuous` and a network built at the first
+    call from the model's initial point. The amortized form, for the local latents of a data
+    plate, is a class of its own (:attr:`_amortized`)."""
 
     _amortized: ClassVar[type]
-    r"""The class that ``cls(model, ..., encoder=encoder)`` builds instead."""
-
-    def __new__(cls, *args: Any, encoder: Callable | None = None, **kwargs: Any):
-        if encoder is not None:  # the amortized form, for local latents in a data plate
-            return cls._amortized(args[0], encoder, *args[1:], **kwargs)
-        return super().__new__(cls)  # also when unpickled (no arguments)
+    r"""The amortized form of the guide, which takes an ``encoder`` and the options of a data
+    plate: the class that the error names when they are given to this one."""
 
     def __init__(
         self,
@@ -37,7 +33,17 @@ class _NoiseGuide(AutoContinuous):
         hidden: Sequence[int],
         init_loc_fn: Callable,
         init_scale: float,
+        encoder: Callable | None,
+        options: dict[str, Any],
     ):
+        given = sorted(options) if encoder is None else ["encoder", *sorted(options)]
+        if given:
+            name, amortized = type(self).__name__, self._amortized.__name__
+            raise ValueError(
+                f"{name} guides all latent sites together: it takes no {given}. For the local "
+                "latents of a data plate, amortized by an encoder of their observations, use "
+                f"condgen.guides.{amortized}(model, encoder, ...)"
+            )
         _set_noise_options(self, noise_dim, hidden, init_scale)
         super().__init__(model, init_loc_fn=init_loc_fn)
 

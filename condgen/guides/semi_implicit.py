@@ -38,7 +38,7 @@ class AmortizedSemiImplicitGuide(_AmortizedNoiseGuide):
     non-amortized guide (:class:`~pyro.infer.autoguide.AutoNormal` by default). The model
     contract (data plate, observations, subsampling with ``pyro.plate(...,
     subsample_size=...)``) is :class:`~condgen.guides.AmortizedNormal`'s; the encoder returns
-    the context, ``[B, C]``. ``SemiImplicitGuide(model, ..., encoder=encoder)`` builds one.
+    the context, ``[B, C]``.
 
     Arguments:
         model: A Pyro model.
@@ -62,12 +62,10 @@ class AmortizedSemiImplicitGuide(_AmortizedNoiseGuide):
         ...     with pyro.plate("students", 300):
         ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
         ...         pyro.sample("x", dist.Normal(z[..., None] * torch.ones(3), 1.0).to_event(1))
-        >>> from condgen.guides import AmortizedSemiImplicitGuide, SemiImplicitGuide
+        >>> from condgen.guides import AmortizedSemiImplicitGuide
         >>> from condgen.guides.sivi import SIVI_ELBO
         >>> encoder = torch.nn.Linear(3, 8)  # x [B, 3] -> context [B, 8]
-        >>> guide = SemiImplicitGuide(model, noise_dim=4, encoder=encoder, data={"x": scores})
-        >>> isinstance(guide, AmortizedSemiImplicitGuide)
-        True
+        >>> guide = AmortizedSemiImplicitGuide(model, encoder, noise_dim=4, data={"x": scores})
         >>> conditioned = pyro.condition(model, data={"x": scores})
         >>> optim = pyro.optim.Adam({"lr": 1e-3})
         >>> svi = pyro.infer.SVI(conditioned, guide, optim, SIVI_ELBO(num_particles=1))
@@ -147,8 +145,10 @@ class SemiImplicitGuide(_NoiseGuide):
         init_scale: The initial :math:`\sigma`, and the initial spread of :math:`\mu`.
         num_inner: The number of mixing draws of the guide's log-density estimate, where an
             objective does not set it (Pyro's ``Trace_ELBO``, ``Problem.sample_guide``).
-        encoder: An encoder of a data plate's observations: then the guide built is an
-            :class:`AmortizedSemiImplicitGuide` of the plate's local latents.
+        encoder: Not taken, nor the options of a data plate (``options``): a guide of the
+            local latents of a data plate, amortized by an encoder of their observations, is an
+            :class:`AmortizedSemiImplicitGuide`, which the :class:`ValueError` raised for them
+            names.
 
     Example:
         >>> import pyro
@@ -178,10 +178,11 @@ class SemiImplicitGuide(_NoiseGuide):
         init_loc_fn: Callable = init_to_mean,
         init_scale: float = 1.0,
         num_inner: int = 100,
-        encoder: None = None,
+        encoder: Callable | None = None,
+        **options: Any,
     ):
         _set_mixing_options(self, components, num_inner)
-        super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale)
+        super().__init__(model, noise_dim, hidden, init_loc_fn, init_scale, encoder, options)
 
     _amortized = AmortizedSemiImplicitGuide
 
