@@ -1,5 +1,6 @@
 """The documentation covers what the package offers: every public name is in the API
-reference, and every registered method is in the method table."""
+reference, and every registered method is in the method tables of docs/methods.md and of the
+README."""
 
 import importlib
 import re
@@ -44,11 +45,22 @@ def test_every_public_name_is_in_the_api_reference(package):
     assert not missing, f"{package}: add {missing} to docs/api.rst"
 
 
+def table_methods(text: str) -> set[str]:
+    """The method names of a Markdown table's first column (a row may name several)."""
+    rows = re.findall(r"^\| (`[^|]+`) \|", text, re.MULTILINE)
+    return {name for row in rows for name in re.findall(r"`(\w+)`", row)}
+
+
 def test_every_method_is_in_the_method_table():
-    table = (DOCS / "methods.md").read_text()
-    rows = re.findall(r"^\| (`[^|]+`) \|", table, re.MULTILINE)
-    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row)}
+    listed = table_methods((DOCS / "methods.md").read_text())
     assert listed == set(condgen.methods.available()), "update the table in docs/methods.md"
+
+
+def test_every_method_is_in_the_readme_table():
+    text = (DOCS.parent / "README.md").read_text()
+    (section,) = re.findall(r"^## Methods\n(.*?)^## ", text, re.DOTALL | re.MULTILINE)
+    listed = table_methods(section)
+    assert listed == set(condgen.methods.available()), "update the method table in README.md"
 
 
 def test_the_landing_page_quickstart_runs(tmp_path, monkeypatch):
