@@ -131,8 +131,8 @@ class SemiImplicitGuide(_NoiseGuide):
     no mass in between. Its ``components`` values enter the network as :math:`\pm` one-hot
     codes, in pairs of opposite signs, so that at initialisation half the components sit on
     each side of the centre; once the components have settled, the mass of a mode is about a
-    multiple of :math:`1 / C` (measured mode masses: ``docs/benchmarks.md``, "Implicit
-    guides").
+    multiple of :math:`1 / C`, and which multiple varies between runs: separated modes are
+    usually, not always, kept in balance (measured mode masses over seeds: ``docs/implicit.md``).
 
     Arguments:
         model: A Pyro model with continuous latent sites of fixed shapes.
