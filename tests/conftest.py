@@ -82,3 +82,37 @@ def three_mode_task():
     prior = GaussianMixturePrior(torch.tensor([0.5, 0.3, 0.2]), means, covs)
     operator = torch.tensor([[0.6, 0.8]])
     return GaussianMixtureInverseProblem(prior=prior, operator=operator, noise=1.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def binary_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits binarised at intensity 8 (1797 images of 64 pixels), shuffled
+    with seed 0 and split into 1500 training and 297 held-out images, for the VAE tests."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    images = torch.as_tensor(datasets.load_digits().data, dtype=torch.float32)
+    images = (images > 7).float()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[order[:1500]], images[order[1500:]]
+
+
+@pytest.fixture
+def digits_vae(binary_digits) -> SimpleNamespace:
+    """The VAE of the digits tests, built after clearing Pyro's parameters and seeding with 0:
+    latent z ~ N(0, I_4), pixels x ~ Bernoulli(logits = decoder(z)) with a 4-64-64 (tanh)
+    decoder, in a data plate that subsamples ``batch_size`` images. Fields: train, test (from
+    binary_digits), latent (4), decoder, model(x, batch_size=None)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    latent = 4
+    decoder = torch.nn.Sequential(
+        torch.nn.Linear(latent, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64)
+    )
+
+    def model(x, batch_size=None):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([latent]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
+
+    train, test = binary_digits
+    return SimpleNamespace(train=train, test=test, latent=latent, decoder=decoder, model=model)

@@ -452,17 +452,6 @@ def test_amortized_guide_errors():
 # -------------------------------------------------------------------------------- digits
 
 
-def _digits():
-    datasets = pytest.importorskip("sklearn.datasets")
-    images = torch.as_tensor(datasets.load_digits().data, dtype=torch.float32)
-    images = (images > 7).float()  # binarised 8x8 digits, 1797 images
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return images[order[:1500]], images[order[1500:]]
-
-
-LATENT = 4
-
-
 class DigitsEncoder(nn.Module):
     def __init__(self, out: int, normal: bool):
         super().__init__()
@@ -478,7 +467,7 @@ class DigitsEncoder(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["normal", "flow"])
-def test_vae_on_digits(kind):
+def test_vae_on_digits(kind, digits_vae):
     r"""A VAE on scikit-learn's binarised digits (8x8, 1500 train, 297 held out), latent
     dimension 4, decoder 4-64-64 (tanh), encoder 64-64-(8 or 16), minibatches of 100 by plate
     subsampling, ClippedAdam (lr 0.01 decaying to 0.001), one particle.
@@ -489,19 +478,9 @@ def test_vae_on_digits(kind):
     -19.2 in 6.9 s. At initialisation: -46; independent Bernoulli pixels (the train marginals,
     the best model without a latent): -25.3. The bound is -21.
     """
-    train, test = _digits()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    decoder = nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, 64))
-
-    def model(x, batch_size=None):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
-
+    train, test, model = digits_vae.train, digits_vae.test, digits_vae.model
     if kind == "normal":
-        guide = AmortizedNormal(model, DigitsEncoder(2 * LATENT, True))
+        guide = AmortizedNormal(model, DigitsEncoder(2 * digits_vae.latent, True))
     else:
         guide = AmortizedFlowGuide(
             model, DigitsEncoder(16, False), "nsf", transforms=2, hidden_features=(32, 32)

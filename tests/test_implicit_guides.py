@@ -314,18 +314,7 @@ def test_trace_elbo_refuses_implicit_guide():
 # -------------------------------------------------------------------------------- digits
 
 
-def _digits():
-    datasets = pytest.importorskip("sklearn.datasets")
-    images = torch.as_tensor(datasets.load_digits().data, dtype=torch.float32)
-    images = (images > 7).float()  # binarised 8x8 digits, 1797 images
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    return images[order[:1500]], images[order[1500:]]
-
-
-LATENT = 4
-
-
-def test_semi_implicit_vae_on_digits():
+def test_semi_implicit_vae_on_digits(digits_vae):
     r"""An amortized semi-implicit VAE (``AmortizedSemiImplicitGuide(model, encoder)``) on
     scikit-learn's binarised digits (1500 train, 297 held out), latent dimension 4, decoder
     4-64-64 (tanh), encoder 64-64-16 (the context), mixing network hidden (32, 32),
@@ -338,19 +327,16 @@ def test_semi_implicit_vae_on_digits():
     thread), -45.2 at initialisation. For comparison, the held-out ELBO of the
     ``AmortizedNormal`` VAE of test_guides.py after the same steps is -19.2. Bound: -20.5.
     """
-    train, test = _digits()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    decoder = nn.Sequential(nn.Linear(LATENT, 64), nn.Tanh(), nn.Linear(64, 64))
+    train, test, model, decoder = (
+        digits_vae.train,
+        digits_vae.test,
+        digits_vae.model,
+        digits_vae.decoder,
+    )
     encoder = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 16))
-
-    def model(x, batch_size=None):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", len(x), subsample_size=batch_size) as ind:
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x[ind])
-
-    guide = AmortizedSemiImplicitGuide(model, encoder, noise_dim=LATENT, hidden=(32, 32))
+    guide = AmortizedSemiImplicitGuide(
+        model, encoder, noise_dim=digits_vae.latent, hidden=(32, 32)
+    )
 
     def held_out(num_draws: int = 32, num_inner: int = 256) -> float:
         with torch.no_grad():

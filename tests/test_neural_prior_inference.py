@@ -72,18 +72,40 @@ def test_importance_recovers_a_bimodal_posterior_where_nuts_chains_stick():
 
 
 @pytest.mark.parametrize("method", ["svi", "importance"])
-def test_methods_run_with_a_mixture_prior(method):
+def test_methods_on_a_mixture_prior_match_the_exact_posterior(method):
+    """With A = I, noise 0.5 and seed 3 the exact posterior is one mixture component (weight
+    1 - 1e-7): Gaussian, mean (2.217, 2.032), sd 0.354 per coordinate (200,000 exact draws).
+
+    Tolerances from the Monte Carlo error of n = 2000 draws. Importance sampling (a guide
+    fitted for 500 steps as proposal): the self-normalised mean has standard error
+    sd / sqrt(ESS) and the sd about sd / sqrt(2 ESS) (Gaussian), with the weights' ESS from
+    stats; 4.5 standard errors bound a false failure by about 1e-5 per coordinate. Measured on
+    seeds 0-3: ESS 1759-1802, mean errors 0.3-0.9 standard errors. SVI's draws are independent
+    draws of the guide, standard errors sd / sqrt(n) and sd / sqrt(2 n), plus the guide's own
+    error: the family holds the exact posterior, but 500 steps do not reach it, its mean was
+    8-14 standard errors (0.18-0.31 sd) short on seeds 0-3, so 0.4 sd is allowed on top (at
+    200 steps it was 3 sd short and sd 0.6 of the exact, as was importance's proposal with ESS
+    2-19: the run sizes here are the smallest that pass for the right reason)."""
     task = GaussianMixtureInverseProblem.circle(operator=torch.eye(2), seed=3)
+    exact = task.posterior()["x"]
+    assert exact.weights.max() > 1 - 1e-6
+    ref = exact.sample((200_000,))
+    m, s = ref.mean(0).double(), ref.std(0).double()
+    num_samples = 2000
     post = condgen.condition(
         task.model,
         task.data,
         method=method,
-        num_steps=200,
-        num_samples=200,
+        num_steps=500,
+        num_samples=num_samples,
         seed=0,
         progress=False,
     )
-    assert post.samples["x"].shape[-1] == 2
+    mean, sd = _weighted_moments(post)
+    n = post.stats["ess"] if method == "importance" else num_samples
+    bias = 0.4 * s if method == "svi" else 0.0
+    assert ((mean - m).abs() < 4.5 * s / math.sqrt(n) + bias).all(), (mean, m)
+    assert ((sd - s).abs() < 4.5 * s / math.sqrt(2 * n) + bias).all(), (sd, s)
     assert "log_likelihood" in post.to_arviz().groups()
 
 
