@@ -235,3 +235,23 @@ def test_nothing_inside_goes_through_condgen_infer():
         if any(_uses_infer(example, module, package) for example in _docstring_examples(tree)):
             found.append(f"{module} (docstring example)")
     assert not found, "use the canonical module instead of condgen.infer in: " + ", ".join(found)
+
+
+def test_problem_private_helpers_stay_inside_the_problem_package():
+    """Methods, likelihoods and the rest see a model through Problem's public methods
+    (``particle_trace``, ``log_likelihood``, ...): no module outside ``condgen/problem/`` reads
+    one of Problem's private members."""
+    problem = condgen.Problem(lambda: None)
+    private = {
+        name
+        for name in [*vars(condgen.Problem), *vars(problem)]
+        if name.startswith("_") and not name.startswith("__")
+    }
+    found = [
+        f"{_module(path)}: {node.attr}"
+        for path in sorted(ROOT.rglob("*.py"))
+        if _part(_module(path)) != "condgen.problem"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in private
+    ]
+    assert not found, "give Problem a public method for: " + ", ".join(found)
