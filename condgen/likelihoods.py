@@ -2,7 +2,7 @@ r"""Linear-Gaussian observation models, declared or detected from a Pyro model."
 
 from __future__ import annotations
 
-__all__ = ["LinearGaussian", "detect_linear_gaussian"]
+__all__ = ["LinearGaussian", "detect_linear_gaussian", "observation_of"]
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +63,50 @@ def _normal(site: dict) -> dist.Normal | None:
     return fn if isinstance(fn, dist.Normal) else None
 
 
+def observation_of(
+    problem: Problem, site: str, method: str, fixed: Mapping[str, Tensor] | None = None
+) -> str:
+    r"""The one observed site whose density depends on the latent site ``site``.
+
+    Observed sites whose density is the same at every value of ``site`` (a latent held fixed
+    with :func:`pyro.condition`, an observation of other sites only) are constant factors of
+    :math:`p(y \mid x)` and are not counted. The model's other latent sites, if any, take the
+    values ``fixed``.
+
+    Raises:
+        ValueError: Naming the sites when none or several depend on ``site``.
+    """
+    shape = problem.latent_sites[site].shape
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    points = torch.randn(3, *shape, generator=generator).to(problem.dtype).to(problem.device)
+    values = {k: v.expand(len(points), *v.shape) for k, v in (fixed or {}).items()}
+    values[site] = points
+    with torch.no_grad():
+        trace = problem.particle_trace(len(points), values)
+    constant = []
+    for name, info in problem.observed_sites.items():
+        if info.neural:
+            continue
+        fn = trace.nodes[name]["fn"]
+        base = base_distribution(fn)  # the density without masks, which a closed form ignores
+        with torch.no_grad():
+            log_prob = base.log_prob(trace.nodes[name]["value"])
+        dim = problem.max_plate_nesting + 1 + len(fn.event_shape) - len(base.event_shape)
+        per_particle = log_prob.movedim(-dim, 0) if log_prob.dim() >= dim else log_prob[None]
+        if bool((per_particle == per_particle[:1]).all()):
+            constant.append(name)
+    depending = [n for n in problem.observed_sites if n not in constant]
+    if len(depending) == 1:
+        return depending[0]
+    which = "none of the observed sites" if not depending else f"the sites {depending}"
+    raise ValueError(
+        f"method '{method}' needs one linear-Gaussian observation of '{site}' (a Normal site "
+        f"whose mean is linear in '{site}'), but {which} of the model depend on it"
+        f"{f' (constant: {constant})' if constant else ''}; use method='smc', 'tds' or 'dps', "
+        "which take any likelihood"
+    )
+
+
 def detect_linear_gaussian(
     problem: Problem, site: str, method: str, fixed: Mapping[str, Tensor] | None = None
 ) -> tuple[LinearGaussian, str]:
@@ -72,7 +116,8 @@ def detect_linear_gaussian(
     The model is run for :math:`x = 0` and :math:`x = e_1, \dots, e_d` as particles, which
     gives :math:`b` and the columns of :math:`A`; linearity and a constant :math:`\sigma` are
     then checked at random points. The model's other latent sites, if any, take the values
-    ``fixed`` (each shaped like its site).
+    ``fixed`` (each shaped like its site). Observed sites whose density does not depend on
+    ``site`` are not counted (see :func:`observation_of`).
 
     Returns:
         The linear-Gaussian model and the name of the observed site.
@@ -80,13 +125,7 @@ def detect_linear_gaussian(
     Raises:
         ValueError: Naming the site when the observation is not linear-Gaussian.
     """
-    if len(problem.observed_sites) != 1:
-        raise ValueError(
-            f"method '{method}' needs one linear-Gaussian observed site, the model has "
-            f"{list(problem.observed_sites)}; declare linear=LinearGaussian(A, sigma) or use "
-            "method='dps' or 'tds'"
-        )
-    (obs,) = problem.observed_sites
+    obs = observation_of(problem, site, method, fixed)
     shape = problem.latent_sites[site].shape
     d = int(torch.Size(shape).numel())
     eye = torch.eye(d, dtype=problem.dtype, device=problem.device)

@@ -1,6 +1,7 @@
 """Guidance methods and the twisted diffusion sampler against exact mixture posteriors."""
 
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -27,21 +28,37 @@ def _gaussian_task(seed=0):
     )
 
 
-@pytest.mark.parametrize("method", GUIDED)
-def test_methods_run_and_report_their_distance(method, record_property):
-    """Every method runs on the bimodal mixture problem; its distance to the exact posterior is
-    measured and reported (DPS and PiGDM are not posterior samplers: no bound is claimed)."""
-    task = GaussianMixtureInverseProblem.circle(seed=0)
+@pytest.mark.parametrize("method", ["pigdm", "langevin"])
+def test_likelihood_at_the_denoised_estimate_misweights_the_modes(
+    method, three_mode_task, record_property
+):
+    """PiGDM and Langevin tilt the prior's path by the likelihood at the denoised estimate,
+    which is exact only for a Gaussian prior (PiGDM) or as t -> 0 (Langevin): on the three-mode
+    task they put too much mass on the posterior mode near (3, 0), whose exact mass is 0.535
+    (the documented bias). Measured at 50 steps with 1000 draws: 0.655 (PiGDM) and 0.686
+    (Langevin); at 100 steps 0.65 and 0.67.
+
+    Tolerance: the draws are independent trajectories, and a mode's mass is the mean of the
+    draws' exact posterior responsibilities (values in [0, 1]), so its Monte Carlo sd is at
+    most 0.5 / sqrt(n); the excess asserted is 4 of those (0.063 at n = 1000), which an unbiased
+    sampler exceeds with probability below 1e-4."""
+    exact = three_mode_task.posterior()["x"]
+    n = 1000 if os.environ.get("CI") else 4000
     post = condgen.condition(
-        task.model, task.data, method=method, num_samples=1000, seed=0, progress=False
+        three_mode_task.model,
+        three_mode_task.data,
+        method=method,
+        steps=50,
+        num_samples=n,
+        seed=0,
+        progress=False,
     )
-    reference = task.reference_samples(1000, seed=1)["x"]
-    sw = float(sliced_wasserstein(post.resample().flatten()["x"], reference))
-    record_property(f"sw_{method}", sw)
-    print(f"{method}: sliced Wasserstein to the exact posterior {sw:.3f}, nfe {post.stats['nfe']}")
-    assert math.isfinite(sw) and post.stats["nfe"] > 0 and post.stats["time_s"] > 0
-    idata = post.to_arviz()
-    assert {"posterior", "log_likelihood", "observed_data"} <= set(idata.groups())
+    x = post.flatten()["x"]
+    mass = float(exact.component_log_probs(x, 0.0).exp()[:, 1].mean())
+    record_property(f"mode_mass_{method}", mass)
+    print(f"{method}: mass {mass:.3f} of the mode of exact mass {float(exact.weights[1]):.3f}")
+    assert mass - float(exact.weights[1]) > 4 * 0.5 / math.sqrt(n)
+    assert {"posterior", "log_likelihood", "observed_data"} <= set(post.to_arviz().groups())
 
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 200), ("heun", 32)])
@@ -72,7 +89,12 @@ def test_dps_with_heun_guides_toward_the_posterior_but_is_biased():
     """DPS on Heun's ODE (101 NFE) moves the draws from the prior to the posterior of a
     Gaussian problem: the prior mean lies 0.66 posterior sd from the posterior mean, DPS's
     mean within 0.2 sd (measured: 0.09 sd, against a Monte Carlo error of 0.016 sd; the rest
-    is DPS's bias, which the residual trace shows too: it stays near 0.7, not 1)."""
+    is DPS's bias, which the residual trace shows too: it stays near 0.7, not 1).
+
+    The documented bias, collapse toward the likelihood's mode: along the observed direction
+    A x the draws are under-dispersed, sd 0.81 of the posterior's (measured with 2000 draws).
+    The relative Monte Carlo sd of an sd estimate is 1 / sqrt(2 n) (0.011 at n = 4000); the
+    test asserts a deficit of more than 4 of those."""
     task = _gaussian_task()
     exact = task.posterior()["x"]
     ref_sd = exact.covs[0].diagonal().sqrt()
@@ -89,6 +111,10 @@ def test_dps_with_heun_guides_toward_the_posterior_but_is_biased():
     mean, _ = _moments(post)
     assert ((task.prior.means[0] - exact.means[0]).abs() / ref_sd).max() > 0.6
     assert ((mean - exact.means[0]).abs() / ref_sd < 0.2).all()
+    A = task.operator[0]
+    observed_sd = float((post.flatten()["x"] @ A).std())
+    exact_sd = float((A @ exact.covs[0] @ A).sqrt())
+    assert observed_sd < exact_sd * (1 - 4 / math.sqrt(2 * 4000))
     assert post.stats["nfe"] == 2 * 50 + 1 and len(post.stats["residual_trace"]) == 50
 
 
@@ -190,6 +216,71 @@ def test_pigdm_detects_or_takes_the_linear_model():
     torch.testing.assert_close(a.samples["x"], b.samples["x"])
 
 
+def _scale_model(prior):
+    """y ~ N(x_1, s^2) with a noise scale s ~ HalfNormal(1) beside the neural site."""
+
+    def model():
+        s = pyro.sample("s", dist.HalfNormal(1.0))
+        x = pyro.sample("x", prior)
+        pyro.sample("y", dist.Normal(x[..., :1], s.unsqueeze(-1)).to_event(1))
+
+    return model
+
+
+def test_pigdm_takes_a_latent_held_fixed_with_pyro_condition():
+    """A latent fixed by pyro.condition(model, data={"s": 0.5}) is an observed site whose
+    density does not depend on x, a constant factor of p(y | x): PiGDM does not count it as an
+    observation, and its draws are those of the model with s = 0.5 written in (the circle
+    task's noise), with the detected and with the declared observation model."""
+    task = GaussianMixtureInverseProblem.circle(seed=0)
+    fixed = pyro.condition(_scale_model(task.prior), data={"s": torch.tensor(0.5)})
+    kwargs = {"method": "pigdm", "steps": 10, "num_samples": 50, "seed": 0, "progress": False}
+    written = condgen.condition(task.model, task.data, **kwargs).samples["x"]
+    detected = condgen.condition(fixed, task.data, **kwargs).samples["x"]
+    declared = LinearGaussian(torch.eye(1, 2), 0.5)
+    given = condgen.condition(fixed, task.data, linear=declared, **kwargs).samples["x"]
+    torch.testing.assert_close(detected, written)
+    torch.testing.assert_close(given, written)
+    with pytest.raises(ValueError, match=r"linear.A has 2 rows, but the observation 'y' has 1"):
+        condgen.condition(fixed, task.data, linear=LinearGaussian(torch.eye(2), 0.5), **kwargs)
+
+
+def test_pigdm_refuses_two_observations_of_its_site_and_names_what_works():
+    task = GaussianMixtureInverseProblem.circle(seed=0)
+
+    def model():
+        x = pyro.sample("x", task.prior)
+        pyro.sample("y", dist.Normal(x[..., :1], 0.5).to_event(1))
+        pyro.sample("z", dist.Normal(x[..., 1:], 0.5).to_event(1))
+
+    data = {"y": torch.tensor([1.0]), "z": torch.tensor([0.5])}
+    with pytest.raises(
+        ValueError, match=r"'pigdm'.*the sites \['y', 'z'\].*'smc', 'tds' or 'dps'"
+    ):
+        condgen.condition(model, data, method="pigdm", progress=False)
+
+
+def test_pigdm_refuses_observations_that_do_not_depend_on_its_site():
+    """An observation of the noise scale alone says nothing about x: PiGDM names it as a
+    constant and points to the methods that take any likelihood."""
+    task = GaussianMixtureInverseProblem.circle(seed=0)
+
+    def model():
+        s = pyro.sample("s", dist.HalfNormal(1.0))
+        pyro.sample("x", task.prior)
+        pyro.sample("y", dist.Normal(0.0, s))
+
+    with pytest.raises(
+        ValueError, match=r"none of the observed sites.*constant: \['s', 'y'\].*'smc'"
+    ):
+        condgen.condition(
+            pyro.condition(model, data={"s": torch.tensor(0.5)}),
+            {"y": torch.tensor(1.0)},
+            method="pigdm",
+            progress=False,
+        )
+
+
 def test_pigdm_is_stable_on_an_ill_conditioned_operator():
     """A nearly rank-deficient A (condition number 1e6) with noise: the noise-aware covariance
     keeps PiGDM finite, where a pseudo-inverse would amplify the small singular direction."""
@@ -202,12 +293,27 @@ def test_pigdm_is_stable_on_an_ill_conditioned_operator():
     assert torch.isfinite(x).all() and x.abs().max() < 20
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 200), ("heun", 50)])
-def test_classifier_guidance_with_the_exact_classifier_samples_a_component(sampler, steps):
+@pytest.mark.parametrize(
+    "schedule, sampler, steps",
+    [
+        ("vp", "ddpm", 200),
+        ("vp", "heun", 50),
+        ("rectified", "ddpm", 100),
+        ("rectified", "heun", 50),
+    ],
+)
+def test_classifier_guidance_with_the_exact_classifier_samples_a_component(
+    schedule, sampler, steps
+):
     """For a mixture, the exact noise-conditional classifier is the component responsibility
     log r_k(x_t); with weight 1 guidance samples the component N(m_k, C_k), with the ancestral
-    sampler and with Heun's ODE."""
-    prior = GaussianMixtureInverseProblem.circle().prior
+    sampler and with Heun's ODE, on the VP path and on the rectified (flow-matching) path,
+    whose first step, at alpha_1 = 0, divided by zero before the correction had its limit.
+    Tolerance: 4 Monte Carlo sds (sd / sqrt(n) for a mean, sd / sqrt(2 n) for an sd) plus 0.03
+    for the path's discretisation; measured on the rectified path with 2000 draws: means within
+    0.03 sd, sds 0.95-0.98 of the component's (ancestral, 100 steps) and 0.98-1.01 (Heun)."""
+    mixture = GaussianMixtureInverseProblem.circle().prior
+    prior = GaussianMixturePrior(mixture.weights, mixture.means, mixture.covs, schedule=schedule)
 
     def model():
         pyro.sample("x", prior)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..likelihoods import LinearGaussian, detect_linear_gaussian
+from ..likelihoods import LinearGaussian, detect_linear_gaussian, observation_of
 from ..priors.path import DiffusionPrior, PathPrior
 from ..priors.samplers import PathStep, Step, check_sampler, make_sampler
 from .base import register
@@ -211,26 +211,20 @@ class PiGDM(GuidedSampler):
         \Sigma_t^{-1} (y - A \hat x_0 - b),
 
     added to the denoiser through Tweedie's formula, :math:`D' = \hat x_0 + (\sigma_t^2 /
-    \alpha_t) g`. :math:`\Sigma_t` is factorised by Cholesky with the observation noise
-    included, so ill-conditioned :math:`A` stays stable (no :math:`A^+` that ignores the noise).
-
-    Where :math:`\alpha_t \to 0` (:math:`t = 1` on the rectified or cosine path) the factor
-    :math:`\sigma_t^2 / \alpha_t` diverges while :math:`g \to 0`. Under the same Gaussian
-    approximation :math:`p(x_0 \mid x_t) \approx \mathcal{N}(\hat x_0, r_t^2 I)`, the Jacobian
-    is :math:`\partial \hat x_0 / \partial x_t = (\alpha_t r_t^2 / \sigma_t^2) I`, so the
-    correction has the finite limit
-
-    .. math:: D' = \hat x_0 + r_t^2 A^\top \Sigma_t^{-1} (y - A \hat x_0 - b),
-
-    the posterior mean of the Gaussian approximation (a Kalman update), used wherever
-    :math:`\alpha_t \le 10^{-3} \sigma_t`; elsewhere the vector-Jacobian product above.
+    \alpha_t) g`, by :func:`guided_estimate`, whose limit where :math:`\alpha_t \to 0`
+    (:math:`t = 1` on the rectified or cosine path) is the Kalman update
+    :math:`D' = \hat x_0 + r_t^2 A^\top \Sigma_t^{-1} (y - A \hat x_0 - b)`.
+    :math:`\Sigma_t` is factorised by Cholesky with the observation noise included, so
+    ill-conditioned :math:`A` stays stable (no :math:`A^+` that ignores the noise).
 
     The observation model is detected from the Pyro model (one ``Normal`` site whose mean is
-    linear in the neural site) or declared with ``linear=LinearGaussian(A, sigma)``.
+    linear in the neural site; observed sites that do not depend on it, such as a latent fixed
+    with :func:`pyro.condition`, are constant factors) or declared with
+    ``linear=condgen.LinearGaussian(A, sigma, b)``.
 
     Known bias: the Gaussian approximation of :math:`p(x_0 \mid x_t)` with an isotropic
-    variance :math:`r_t^2` is exact only for a Gaussian prior; PiGDM is not a posterior sampler
-    for multimodal priors, and under-weights modes far from :math:`\hat x_0`.
+    variance :math:`r_t^2` is exact only for a Gaussian prior with unit variance; PiGDM is not
+    a posterior sampler for multimodal priors, whose mode masses it misweights.
 
     Arguments:
         linear: The declared observation model, or None to detect it.
@@ -262,11 +256,11 @@ class PiGDM(GuidedSampler):
         setup = super().setup(problem)
         if self.linear is not None:
             linear = self.linear.to(torch.empty((), dtype=problem.dtype, device=problem.device))
-            (obs,) = problem.observed_sites or [None]
-            if obs is None or problem.observations[obs].numel() != linear.A.shape[0]:
+            obs = observation_of(problem, setup.site, self.name)
+            if problem.observations[obs].numel() != linear.A.shape[0]:
                 raise ValueError(
-                    f"linear.A has {linear.A.shape[0]} rows, but the observation "
-                    f"{list(problem.observed_sites)} has another size"
+                    f"linear.A has {linear.A.shape[0]} rows, but the observation '{obs}' has "
+                    f"{problem.observations[obs].numel()} entries"
                 )
             setup.linear, setup.y = linear, problem.observations[obs].reshape(-1).to(linear.A)
         elif setup.linear is None:  # not detected: say why

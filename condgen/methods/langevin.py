@@ -24,17 +24,23 @@ class Langevin(GuidedSampler):
         + \lambda \nabla_{x_t} \log p(y \mid \hat x_0(x_t)).
 
     Each step is a predictor (a step of ``sampler``, ancestral by default, with the guided
-    denoiser
-    :math:`D' = D + (\sigma_t^2/\alpha_t) \lambda \nabla \log p(y \mid \hat x_0)`) followed by
-    ``corrector_steps`` Langevin moves :math:`x \leftarrow x + \epsilon\, s(x) +
-    \sqrt{2\epsilon}\, z` at the new noise level, with :math:`\epsilon = 2 (r\,
-    \overline{\|z\|} / \overline{\|s(x)\|})^2` (norms averaged over the batch) set by the
-    signal-to-noise ratio ``snr`` :math:`= r`.
+    denoiser :math:`D' = D + (\sigma_t^2/\alpha_t) \lambda \nabla \log p(y \mid \hat x_0)` of
+    :func:`~condgen.methods.guidance.guided_estimate`, with its limit where
+    :math:`\alpha_t \to 0`) followed by ``corrector_steps`` Langevin moves :math:`x \leftarrow
+    x + \epsilon\, s(x) + \sqrt{2\epsilon}\, z` at the new noise level, with :math:`\epsilon =
+    2 (r\, \overline{\|z\|} / \overline{\|s(x)\|})^2` (norms averaged over the batch) set by
+    the signal-to-noise ratio ``snr`` :math:`= r`.
 
-    Known bias: the likelihood term at :math:`\hat x_0` is exact only as :math:`t \to 0`, and
-    unadjusted Langevin moves have a step-size bias; the sampler approaches the posterior as
-    the corrector runs longer at low noise, but it is not exact at finite steps, and its draws
-    carry no weights. Use ``"tds"`` for a consistent sampler.
+    What it targets: at each time the corrector leaves invariant (up to its step size) the
+    tilted density :math:`p_t(x_t)\, p(y \mid \hat x_0(x_t))^\lambda`, which is the posterior
+    only as :math:`t \to 0`; the draws approach the posterior only as the corrector runs long
+    and its step shrinks at low noise.
+
+    Known bias: at finite steps the mode masses are set at high noise, where the likelihood at
+    :math:`\hat x_0` is not :math:`p(y \mid x_t)`, and low-noise Langevin moves cannot carry
+    mass between separated modes, so on a multimodal prior the mode masses are biased, as
+    PiGDM's are; unadjusted Langevin moves add a step-size bias, and the draws carry no weights.
+    Use ``"smc"`` or ``"tds"`` for a consistent sampler.
 
     Arguments:
         steps: Predictor steps.
