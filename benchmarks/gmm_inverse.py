@@ -53,6 +53,7 @@ import condgen as cg
 from condgen.evaluate import GaussianMixtureInverseProblem, sliced_wasserstein
 from condgen.methods import DPS, SMC, TDS, PiGDM
 from condgen.priors import GaussianMixturePrior
+from condgen.priors.counting import EvaluationCounter
 
 SECTION = "Gaussian-mixture inverse problem"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -221,8 +222,7 @@ def run_azula(
     """
     prior = task.prior
     t_min = max(prior.schedule.t_min, 1e-5)
-    nfe = prior.nfe
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), EvaluationCounter() as counter:
         torch.manual_seed(seed)
         start = time.perf_counter()
         sampler = builder(prior, task, steps, t_min, option)
@@ -236,7 +236,7 @@ def run_azula(
         "draws": x.detach(),
         "time": elapsed,
         "run_time": elapsed,
-        "nfe": prior.nfe - nfe,
+        "nfe": counter.per_particle(num_samples)["nfe"],
         "ess": None,
     }
 

@@ -14,6 +14,7 @@ import torch
 import xarray
 from torch import Tensor
 
+from ._resampling import systematic_resample
 from .problem import Problem
 
 _ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
@@ -21,31 +22,6 @@ _CHUNK = 1024
 _ARVIZ_LOG = getattr(az, "_log", None) or logging.getLogger("arviz")
 r"""ArviZ's logger: ArviZ 0.x logs through a logger object of its own (``arviz._log``), which is
 not the one that ``logging.getLogger("arviz")`` returns."""
-
-
-def systematic_resample(
-    log_weights: Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> Tensor:
-    r"""Draws ancestor indices by systematic resampling.
-
-    With normalised weights :math:`w_i` and one uniform :math:`u \sim U(0, 1)`, the indices
-    are :math:`\{i : \sum_{j < i} w_j \le (k + u) / n < \sum_{j \le i} w_j\}` for
-    :math:`k = 0, \dots, n - 1`: unbiased, with less variance than multinomial resampling.
-
-    Arguments:
-        log_weights: Unnormalised log-weights, shaped ``[N]``.
-        num_samples: The number :math:`n` of indices to draw.
-        generator: The generator of :math:`u` (default: torch's global one).
-
-    Returns:
-        The indices, shaped ``[n]``.
-    """
-    weights = torch.softmax(log_weights.detach().double(), dim=0)
-    cdf = weights.cumsum(0)
-    cdf[-1] = 1.0
-    u = torch.rand((), dtype=cdf.dtype, device=cdf.device, generator=generator)
-    points = (torch.arange(num_samples, dtype=cdf.dtype, device=cdf.device) + u) / num_samples
-    return torch.searchsorted(cdf, points).clamp(max=len(weights) - 1)
 
 
 class Posterior:

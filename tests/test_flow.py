@@ -101,7 +101,6 @@ def test_shapes_under_plates_and_nfe():
     draws = prior.rsample((8,))
     draws.sum().backward()  # reparametrised: gradients reach the flow's parameters
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in prior.flow.parameters())
-    assert prior.nfe == 6
     with pytest.raises(ValueError, match="event shape"):
         prior.log_prob(torch.zeros(5, 3))
 
@@ -146,7 +145,6 @@ def test_fit_recovers_a_gaussian():
         gap = target.log_prob(test) - prior.log_prob(test)  # its mean estimates KL(target||flow)
     kl, se = gap.mean().item(), gap.std().item() / math.sqrt(len(gap))
     assert kl < 0.03 + NUM_SE * se, (kl, se)
-    assert prior.nfe == 1  # training does not count
 
 
 def test_fit_moves_the_flow_to_the_data_dtype():

@@ -159,7 +159,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
 
     @property
     def nfe(self) -> int:
-        r"""The number of network evaluations of one call of :meth:`sample`."""
+        r"""The network evaluations per draw of :meth:`sample` (here one batched pass)."""
         return 1
 
     @property

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..priors.counting import EvaluationCounter
 from ..priors.nets import MLP
 from ..priors.path import DiffusionPrior
 from ..priors.samplers import SAMPLERS
@@ -100,6 +101,7 @@ class PathEstimator(PosteriorEstimator):
         )
         self.prior = self._prior(self.network, sampler, steps)
         self.time_power = float(time_power)
+        self._nfe: int | float | None = None  # counted by _sample
         self.eval()
 
     @abc.abstractmethod
@@ -107,9 +109,16 @@ class PathEstimator(PosteriorEstimator):
         r"""The conditional path prior around the network."""
 
     @property
-    def nfe(self) -> int:
-        per_step = 2 if self.prior.sampler == "heun" else 1
-        return per_step * self.prior.steps + 1
+    def nfe(self) -> int | float:
+        r"""The network evaluations per draw, as an
+        :class:`~condgen.priors.counting.EvaluationCounter` counted them in the last call of
+        :meth:`sample` (before any, in one draw at a zero observation)."""
+        if self._nfe is None:
+            x = torch.zeros_like(self.observation_loc)
+            generator = torch.Generator(x.device).manual_seed(0)
+            with torch.no_grad():
+                self._sample(self._embed(x), 1, generator)
+        return self._nfe
 
     def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
         schedule = self.prior.schedule
@@ -120,8 +129,13 @@ class PathEstimator(PosteriorEstimator):
         network = partial(self.network, context=context)
         return path_loss(schedule, self.prior.prediction, network, u, t, eps)
 
-    def _sample(self, context: Tensor, num_samples: int) -> Tensor:
-        return self.prior.given(context).sample((num_samples,))
+    def _sample(
+        self, context: Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        with EvaluationCounter() as counter:
+            u = self.prior.given(context).sample((num_samples,), generator=generator)
+        self._nfe = counter.per_particle(num_samples)["nfe"]
+        return u
 
     def _log_prob(self, u: Tensor, context: Tensor) -> Tensor:
         return self.prior.given(context).log_prob(u)

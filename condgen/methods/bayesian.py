@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ..diagnostics import check_convergence
 from ..guides.sivi import KernelSIVI
 from ..posterior import Posterior, systematic_resample
+from ..priors.counting import EvaluationCounter
 from ..problem import Problem, is_neural
 from .base import Method, register
 from .guide_names import GUIDES, build_guide
@@ -43,17 +44,6 @@ MCMC_SUGGESTION = (
     "run longer (warmup_steps, num_samples) if the chains mix slowly, or use method='smc' "
     "(tempered or path SMC, whose particles spread over the modes) if they sit in different modes"
 )
-
-
-class _Counted:
-    r"""Wraps a potential function and counts its evaluations."""
-
-    def __init__(self, fn: Callable):
-        self.fn, self.count = fn, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        self.count += 1
-        return self.fn(*args, **kwargs)
 
 
 def init_generative_to_sample(site: dict | None = None):
@@ -218,9 +208,9 @@ class NUTS(Method):
             jit_compile=self.jit_compile,
             init_strategy=init_strategy,
         )
-        counted = _Counted(potential_fn)
+        counter = EvaluationCounter()
         kernel = PyroNUTS(
-            potential_fn=counted,
+            potential_fn=counter.wrap(potential_fn),
             target_accept_prob=self.target_accept_prob,
             max_tree_depth=self.max_tree_depth,
             full_mass=self.full_mass,
@@ -232,8 +222,8 @@ class NUTS(Method):
             if stage == "Sample":
                 record["lp"].append(-float(kernel._potential_energy_last))
                 record["step_size"].append(float(kernel.step_size))
-                record["n_steps"].append(counted.count - last[0])
-            last[0] = counted.count
+                record["n_steps"].append(counter.evaluations - last[0])
+            last[0] = counter.evaluations
 
         mcmc = MCMC(
             kernel,
@@ -252,7 +242,7 @@ class NUTS(Method):
         stats = {k: torch.tensor(v) for k, v in record.items()}
         stats["diverging"] = diverging
         values = {k: samples[k].reshape(draws, *s.shape) for k, s in problem.latent_sites.items()}
-        return values, stats, kernel, counted.count
+        return values, stats, kernel, counter.evaluations
 
 
 @register

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 __all__ = ["CovarianceKernel", "CovarianceSMC"]
 
-import math
 
 import torch
 from torch import Tensor
 
-from .gaussian_smc import SMC, GaussianTwistKernel, _cholesky, _gaussian_log_prob
+from .._gaussian import cholesky_log_prob, log_density, stable_cholesky
+from .gaussian_smc import SMC, GaussianTwistKernel
 from .path import PathSetup
 from .smc import SMCKernel
 
@@ -120,7 +120,6 @@ class CovarianceKernel(GaussianTwistKernel):
                     v = Q[:, j].expand(len(chunk), -1).reshape(chunk.shape)
                     (g,) = torch.autograd.grad(x0, x, v, retain_graph=j < Q.shape[1] - 1)
                     columns.append(g.reshape(len(chunk), -1))
-                self.vjp += Q.shape[1] * len(chunk)
             G = (sigma**2 / alpha) * torch.stack(columns, -1)  # [n, d, r]
             B = Q.T @ G
             lam, V = torch.linalg.eigh((B + B.mT) / 2)
@@ -140,10 +139,10 @@ class CovarianceKernel(GaussianTwistKernel):
         gain_numerator = c**2 * H.T + a**2 * (F @ HF.mT + cross)
         twist = self.chol_twist[i + 1]
         predictive = H @ gain_numerator + twist @ twist.mT
-        chol = _cholesky(predictive)
+        chol = stable_cholesky(predictive)
         state.update(mean=mean, F=F, chol_predictive=chol, gain=gain_numerator)
         residual = self.y[i + 1] - mean.flatten(1) @ H.T
-        return _gaussian_log_prob(residual, chol) - state["log_twist"]
+        return cholesky_log_prob(residual, chol) - state["log_twist"]
 
     def move(self, state, i, reference):
         mean, F = state["mean"], state["F"]
@@ -192,8 +191,7 @@ class CovarianceKernel(GaussianTwistKernel):
         u = torch.linalg.solve_triangular(chol, (W.mT @ z.unsqueeze(-1)), upper=False)
         quad = z.pow(2).sum(-1) - u.squeeze(-1).pow(2).sum(-1)
         log_det = L0.diagonal().log().sum() + chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        log_det = 2 * log_det
-        return -0.5 * (quad + log_det + d * math.log(2 * math.pi))
+        return log_density(quad, 2 * log_det, d)
 
 
 class CovarianceSMC(SMC):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 __all__ = ["SMC", "GaussianTwistKernel"]
 
-import math
-
 import torch
 from torch import Tensor
 
+from .._gaussian import cholesky_log_prob, stable_cholesky
 from ..posterior import Posterior
 from ..priors.path import PathPrior
 from ..problem import Problem
@@ -18,22 +17,6 @@ from .path import PathSetup
 from .smc import SMCKernel, SMCMethod
 from .tds import TDSKernel
 from .tempered import TemperedSMC, exact_log_density
-
-
-def _gaussian_log_prob(residual: Tensor, chol: Tensor) -> Tensor:
-    r""":math:`\log \mathcal{N}(r; 0, L L^\top)` for residuals shaped ``[N, m]`` and one Cholesky
-    factor ``[m, m]`` or one per residual ``[N, m, m]``."""
-    z = torch.linalg.solve_triangular(chol, residual.unsqueeze(-1), upper=False).squeeze(-1)
-    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * z.pow(2).sum(-1) - log_det - 0.5 * residual.shape[-1] * math.log(2 * math.pi)
-
-
-def _cholesky(matrix: Tensor) -> Tensor:
-    r"""Cholesky factors of a batch of covariances ``[..., m, m]``, with a relative jitter."""
-    matrix = (matrix + matrix.mT) / 2
-    jitter = 1e-8 * matrix.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    return torch.linalg.cholesky(matrix + jitter * eye)
 
 
 class GaussianTwistKernel(SMCKernel):
@@ -87,16 +70,16 @@ class GaussianTwistKernel(SMCKernel):
         AU = A @ U
         self.H = (AU * (alpha * eigenvalues / denominator).unsqueeze(-2)) @ U.T
         spread = (AU * (sigma**2 * eigenvalues / denominator).unsqueeze(-2)) @ AU.T
-        self.chol_twist = _cholesky(torch.diag(linear.sigma.pow(2)) + spread)
+        self.chol_twist = stable_cholesky(torch.diag(linear.sigma.pow(2)) + spread)
         self.y = setup.y - linear.b - A @ mean + alpha * (self.H @ mean)
         # the predictive covariance of each step: c_i^2 H_{i+1} H_{i+1}^T + S_{i+1}
         H, chol = self.H[1:], self.chol_twist[1:]
         predictive = self.std[:, None, None] ** 2 * H @ H.mT + chol @ chol.mT
-        self.chol_predictive = _cholesky(predictive)
+        self.chol_predictive = stable_cholesky(predictive)
 
     def _log_twist(self, x: Tensor, i: int) -> Tensor:
         residual = self.y[i] - x.flatten(1) @ self.H[i].T
-        return _gaussian_log_prob(residual, self.chol_twist[i])
+        return cholesky_log_prob(residual, self.chol_twist[i])
 
     def start(self, x: Tensor) -> dict[str, Tensor]:
         return {"x": x, "log_twist": self._log_twist(x, 0)}
@@ -104,7 +87,7 @@ class GaussianTwistKernel(SMCKernel):
     def reweight(self, state: dict[str, Tensor], i: int) -> Tensor:
         state["mean"] = self.prior_mean(i, state["x"], self.denoise(state["x"], i))
         residual = self.y[i + 1] - state["mean"].flatten(1) @ self.H[i + 1].T
-        return _gaussian_log_prob(residual, self.chol_predictive[i]) - state["log_twist"]
+        return cholesky_log_prob(residual, self.chol_predictive[i]) - state["log_twist"]
 
     def move(self, state, i, reference):
         mean, std, H = state["mean"], self.std[i], self.H[i + 1]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..diagnostics import check_convergence
 from ..posterior import Posterior
+from ..priors.counting import EvaluationCounter
 from ..problem import Problem
 from .base import Method, register
 from .bayesian import init_generative_to_sample
@@ -89,7 +90,8 @@ class Gibbs(Method):
     :class:`~condgen.diagnostics.ConvergenceWarning` listed in ``stats["warnings"]``.
 
     Stats:
-        ``nfe`` (denoiser evaluations per sweep, summed over sweeps), ``divergences``,
+        ``nfe`` and ``vjp`` (denoiser evaluations and vector-Jacobian products through them
+        per particle of a sweep, summed over the sweeps of all chains), ``divergences``,
         ``step_size`` per chain, ``path_update_rate``, ``ess`` (mean final ESS of the sweeps),
         ``ancestors`` (mean distinct ancestors of the sweeps); per draw ``diverging`` and
         ``path_updated`` in ``sample_stats``.
@@ -164,7 +166,8 @@ class Gibbs(Method):
         draws = math.ceil(num_samples / self.num_chains)
         total = self.num_chains * (self.warmup_steps + draws)
         chains = []
-        with tqdm(total=total, desc=self.name, disable=not progress) as bar:
+        bar = tqdm(total=total, desc=self.name, disable=not progress)
+        with EvaluationCounter() as counter, bar:
             for _ in range(self.num_chains):
                 chains.append(self._run_chain(problem, site, draws, bar))
         samples = {k: torch.stack([c["samples"][k] for c in chains]) for k in chains[0]["samples"]}
@@ -173,7 +176,7 @@ class Gibbs(Method):
             for k in chains[0]["sample_stats"]
         }
         stats = {
-            "nfe": sum(c["nfe"] for c in chains),
+            **counter.per_particle(self.num_particles),
             "divergences": int(sample_stats["diverging"].sum()),
             "step_size": [c["step_size"] for c in chains],
             "path_update_rate": float(sample_stats["path_updated"].float().mean()),
@@ -199,12 +202,11 @@ class Gibbs(Method):
     def _sweep(self, problem: Problem, fixed: dict[str, Tensor], reference: Tensor | None):
         setup = self.sampler.setup(problem, fixed=fixed)
         kernel = self.sampler.kernel(setup)
-        nfe = setup.prior.nfe
         x = self.sampler.initial(setup, self.num_particles)
         error = self.sampler.unstable
         result = run_smc(kernel, x, self.ess_threshold, error, reference, keep_path=True)
         chosen = int(torch.multinomial(result.log_weights.exp(), 1))
-        return result, chosen, setup.prior.nfe - nfe
+        return result, chosen
 
     def _run_chain(self, problem: Problem, site: str, draws: int, bar: tqdm) -> dict:
         holder = {"value": problem.sample_prior(1)[site][0]}
@@ -233,19 +235,19 @@ class Gibbs(Method):
                 target_accept_prob=self.target_accept_prob,
             )
         mcmc.initial_params = params
-        result, chosen, nfe = self._sweep(problem, constrained(params), None)
+        result, chosen = self._sweep(problem, constrained(params), None)
         reference = result.path[chosen]
         holder["value"] = result.x[chosen]
         mcmc.setup(self.warmup_steps)
         record = {"samples": [], "diverging": [], "path_updated": []}
         ess = ancestors = 0.0
         for i in range(self.warmup_steps + draws):
-            result, chosen, count = self._sweep(problem, constrained(params), reference)
+            result, chosen = self._sweep(problem, constrained(params), reference)
             reference, holder["value"] = result.path[chosen], result.x[chosen]
             mcmc.clear_cache()  # the potential changed with x
             divergences = len(mcmc._divergences)
             params = mcmc.sample(params)
-            nfe, ess, ancestors = nfe + count, ess + result.ess, ancestors + result.ancestors
+            ess, ancestors = ess + result.ess, ancestors + result.ancestors
             if i >= self.warmup_steps:
                 record["samples"].append({site: holder["value"], **constrained(params)})
                 record["diverging"].append(len(mcmc._divergences) > divergences)
@@ -259,7 +261,6 @@ class Gibbs(Method):
                 "diverging": torch.tensor(record["diverging"]),
                 "path_updated": torch.tensor(record["path_updated"]),
             },
-            "nfe": nfe,
             "step_size": float(mcmc.step_size),
             "ess": ess / iterations,
             "ancestors": ancestors / iterations,

@@ -10,7 +10,8 @@ __all__ = ["MomentTwistKernel", "MomentTwistSMC"]
 import torch
 from torch import Tensor
 
-from .gaussian_smc import SMC, _cholesky, _gaussian_log_prob
+from .._gaussian import cholesky_log_prob, stable_cholesky
+from .gaussian_smc import SMC
 from .path import PathSetup
 from .smc import SMCKernel
 
@@ -119,14 +120,13 @@ class MomentTwistKernel(SMCKernel):
                     v = A[k].expand(len(chunk), -1).reshape(x0.shape)
                     (g,) = torch.autograd.grad(x0, z, v, retain_graph=k < m - 1)
                     columns.append(g.reshape(len(chunk), -1))
-                self.vjp += m * len(chunk)
             x0s.append(x0.detach())
             crosses.append((sigma**2 / alpha) * torch.stack(columns, -1))
         x0, G = torch.cat(x0s), torch.cat(crosses)
         spread = _clamp_psd(A @ G)  # A C_t A^T
-        chol = _cholesky(self.noise + spread)
+        chol = stable_cholesky(self.noise + spread)
         residual = self.target - x0.flatten(1) @ A.T
-        log_twist = _gaussian_log_prob(residual, chol)
+        log_twist = cholesky_log_prob(residual, chol)
         return {
             "x": x,
             "x0": x0,
@@ -148,8 +148,8 @@ class MomentTwistKernel(SMCKernel):
         inner = c**2 * B + a**2 * G.mT @ G
         H = a * B @ torch.linalg.solve(_regularise(inner), G.mT)  # [N, m, d]
         HH = c**2 * H @ H.mT
-        chol_obs = _cholesky(self.noise + _clamp_psd(B - a * H @ G))  # S'
-        chol_pred = _cholesky(HH + chol_obs @ chol_obs.mT)  # c^2 H H^T + S'
+        chol_obs = stable_cholesky(self.noise + _clamp_psd(B - a * H @ G))  # S'
+        chol_pred = stable_cholesky(HH + chol_obs @ chol_obs.mT)  # c^2 H H^T + S'
         # Matheron's rule: a draw of N(m, c^2 I) conditioned on r = H (x - m) + nu, nu ~ N(0, S')
         flat = mean.flatten(1)
         draw = c * torch.randn_like(flat)  # x - m
@@ -161,8 +161,8 @@ class MomentTwistKernel(SMCKernel):
         if reference is not None:
             x[0] = reference
         step = (x - mean).flatten(1)
-        log_predictive = _gaussian_log_prob(r, chol_pred)  # log of the normaliser of q
-        log_linear = _gaussian_log_prob(r - (H @ step.unsqueeze(-1)).squeeze(-1), chol_obs)
+        log_predictive = cholesky_log_prob(r, chol_pred)  # log of the normaliser of q
+        log_linear = cholesky_log_prob(r - (H @ step.unsqueeze(-1)).squeeze(-1), chol_obs)
         new = self._evaluate(x, i + 1)
         increment = log_predictive - log_linear + new["log_twist"] - state["log_twist"]
         return new, increment

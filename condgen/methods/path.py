@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = ["GuidedSampler", "PathMethod", "PathSetup", "ancestral_step"]
 
 import abc
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,8 +12,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .._gaussian import normal_log_prob
 from ..likelihoods import LinearGaussian, detect_linear_gaussian
 from ..posterior import Posterior
+from ..priors.counting import EvaluationCounter
 from ..priors.path import PathPrior
 from ..priors.samplers import (
     PathStep,
@@ -63,11 +64,9 @@ class PathSetup:
         differentiable in x."""
         if self.linear is None:
             return self.problem.likelihood_terms(self.values(x0))
-        z = (
-            self.y - x0.reshape(len(x0), -1) @ self.linear.A.T - self.linear.b
-        ) / self.linear.sigma
-        log_norm = self.linear.sigma.log().sum() + 0.5 * len(self.y) * math.log(2 * math.pi)
-        return -0.5 * z.pow(2).sum(-1) - log_norm, z.norm(dim=-1)
+        mean = x0.reshape(len(x0), -1) @ self.linear.A.T + self.linear.b
+        log_lik = normal_log_prob(self.y, mean, self.linear.sigma)
+        return log_lik, ((self.y - mean) / self.linear.sigma).norm(dim=-1)
 
     def log_likelihood(self, x0: Tensor) -> Tensor:
         r""":math:`\log p(y \mid x)` per particle; differentiable in x. Unlike
@@ -113,7 +112,9 @@ class PathMethod(Method):
     loop :func:`~condgen.priors.samplers.integrate` running the method's :meth:`step`; a step
     that produces non-finite values stops with an error naming the method, the step and the
     option to change. Statistics a step reports (e.g. DPS's residual) come back per step as
-    ``stats["<name>_trace"]``, averaged over batches.
+    ``stats["<name>_trace"]``, averaged over batches; ``stats["nfe"]`` and ``stats["vjp"]`` are
+    the denoiser evaluations and the vector-Jacobian products through them per particle, as an
+    :class:`~condgen.priors.counting.EvaluationCounter` counts them over the whole run.
 
     Arguments:
         steps: The number of steps from :math:`t = 1` to :math:`t_\text{min}`.
@@ -197,10 +198,10 @@ class PathMethod(Method):
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
         setup = self.setup(problem)
-        nfe_before = setup.prior.nfe
         sizes = self.batches(num_samples)
         results, traces = [], []
-        with tqdm(total=self.steps * len(sizes), desc=self.name, disable=not progress) as bar:
+        bar = tqdm(total=self.steps * len(sizes), desc=self.name, disable=not progress)
+        with EvaluationCounter() as counter, bar:
             for n in sizes:
                 step, x = self.step(setup), self.initial(setup, n)
                 with torch.no_grad():  # steps that differentiate enable gradients themselves
@@ -210,10 +211,7 @@ class PathMethod(Method):
                 results.append(result)
                 traces.append(trace)
         stats = {
-            # network passes per particle: each pass takes at most batch_size particles
-            "nfe": math.ceil(
-                (setup.prior.nfe - nfe_before) / sum(math.ceil(n / self.batch_size) for n in sizes)
-            ),
+            **counter.per_particle(sum(sizes)),
             **{
                 f"{key}_trace": torch.tensor([t[key] for t in traces]).mean(0).tolist()
                 for key in traces[0]

@@ -10,7 +10,6 @@ __all__ = [
     "SMCRun",
     "SMCStep",
     "collect",
-    "normal_log_prob",
     "run_smc",
 ]
 
@@ -23,18 +22,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..posterior import Posterior, systematic_resample
+from .._gaussian import normal_log_prob
+from .._resampling import systematic_resample
+from ..posterior import Posterior
 from ..priors.samplers import Step, ancestral_step, integrate
 from ..problem import Problem
 from .path import PathMethod, PathSetup
 from .runs import DEFAULT_MAX_RHAT, ParticleRun, pool_runs, split_particles, until_agreement
-
-
-def normal_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    r""":math:`\log \mathcal{N}(x; \mu, c^2 I)` per particle, for points shaped
-    ``[N, *event]`` and a scalar standard deviation :math:`c`."""
-    z = ((x - mean) / std).flatten(1)
-    return -0.5 * z.pow(2).sum(-1) - z.shape[1] * (std.log() + 0.5 * math.log(2 * math.pi))
 
 
 class SMCKernel(abc.ABC):
@@ -56,8 +50,6 @@ class SMCKernel(abc.ABC):
 
     #: The kernel's name, reported in the stats of a run.
     name: str
-    #: Vector-Jacobian products of the denoiser taken so far, over all particles.
-    vjp: int = 0
 
     def __init__(self, setup: PathSetup, grid: Tensor, batch_size: int):
         self.setup, self.grid, self.batch_size = setup, grid, batch_size
@@ -131,7 +123,6 @@ class SMCRun:
         ancestors: How many distinct particles of the first time the final ones descend from
             (the ESS does not show a collapse that resampling hides; this does).
         kernel: The name of the kernel that moved the particles.
-        vjp: The vector-Jacobian products of the denoiser the kernel took, per particle.
         log_evidence: The estimate :math:`\log \hat Z` of :math:`\log p(y)` (of the path
             discretised on the grid): the sum over the resampling epochs of the log mean
             unnormalised weight (meaningless for a conditional sweep).
@@ -145,7 +136,6 @@ class SMCRun:
     resampled: int
     ancestors: int
     kernel: str
-    vjp: float
     log_evidence: float
     path: Tensor | None = field(default=None, repr=False)
 
@@ -315,7 +305,6 @@ def collect(
         particles.resampled,
         len(particles.origin.unique()),
         particles.kernel.name,
-        particles.kernel.vjp / len(x0),
         particles.log_evidence + _log_mean_exp(log_w),
         None if path is None else _trajectories(path, particles.parents),
     )
@@ -360,7 +349,7 @@ class SMCMethod(PathMethod):
         ``ess_bulk``, ``warnings``; per run ``ancestors`` (distinct first-time particles the
         final ones descend from), ``resampled`` (steps that resampled); ``ess`` (of the final
         weights, summed over the runs), ``ess_trace`` (before each step's resampling, averaged
-        over the runs), ``nfe`` (denoiser passes per particle), ``vjp`` (vector-Jacobian
+        over the runs), ``nfe`` (denoiser evaluations per particle), ``vjp`` (vector-Jacobian
         products of the denoiser per particle: one a step for the TDS moves), ``kernel`` (the
         name of the kernel that moved the particles), ``attempts`` (particles of each attempt).
     """
@@ -412,7 +401,7 @@ class SMCMethod(PathMethod):
             run_stats["resampled"] = result.resampled
             values = {setup.site: result.x}
             runs.append(ParticleRun(values, result.log_weights, result.log_evidence, run_stats))
-        stats = {**stats, "kernel": result.kernel, "vjp": result.vjp}
+        stats = {**stats, "kernel": result.kernel}
         return pool_runs(
             setup.problem,
             runs,

@@ -9,9 +9,10 @@ import math
 import torch
 from torch import Tensor
 
+from .._gaussian import normal_log_prob
 from .base import register
 from .path import PathSetup
-from .smc import SMCKernel, SMCMethod, normal_log_prob
+from .smc import SMCKernel, SMCMethod
 
 
 def _clip(shift: Tensor, std: Tensor) -> Tensor:
@@ -62,7 +63,6 @@ class TDSKernel(SMCKernel):
                 x0 = self.setup.prior.denoise(chunk, self.grid[i])
                 log_twist = self.tempering[i] * self.setup.log_likelihood(x0)
                 (grad,) = torch.autograd.grad(log_twist.sum(), chunk)
-                self.vjp += len(chunk)
             outputs.append((x0.detach(), log_twist.detach(), grad))
         x0, log_twist, grad = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         return {"x": x_t, "x0": x0, "log_twist": log_twist, "grad": grad}

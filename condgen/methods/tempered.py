@@ -20,8 +20,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..posterior import Posterior, systematic_resample
+from .._resampling import systematic_resample
+from ..posterior import Posterior
 from ..priors import PathPrior
+from ..priors.counting import EvaluationCounter
 from ..problem import Problem, Site, UnconstrainedSites
 from .base import Method, register
 from .runs import DEFAULT_MAX_RHAT, ParticleRun, pool_runs, split_particles, until_agreement
@@ -74,10 +76,11 @@ class _Particles:
 class _Density:
     r"""Evaluates particles: the problem's log prior and log-likelihood at :math:`x(z)` from
     one trace, the log-Jacobian of the unconstrained map, and the gradient of the tempered
-    log-density by autograd; counts the evaluations per particle (``nfe``)."""
+    log-density by autograd; its ``counter`` counts the evaluated particles (``nfe``)."""
 
     def __init__(self, problem: Problem, sites: UnconstrainedSites, method: str):
-        self.problem, self.sites, self.method, self.nfe = problem, sites, method, 0
+        self.problem, self.sites, self.method = problem, sites, method
+        self.counter = EvaluationCounter()
 
     def __call__(self, z: Tensor, beta: float | None = None) -> _Particles:
         r"""The particles at ``z``, with the gradient at temperature ``beta`` unless None."""
@@ -97,7 +100,7 @@ class _Density:
                         f"model's log-density, which autograd could not compute ({error}); use "
                         "kernel='rwm'"
                     ) from error
-        self.nfe += len(z)
+        self.counter.record(len(z))
         log_prior, log_lik = log_prior.detach(), log_lik.detach()
         invalid = log_prior.isnan() | log_lik.isnan() | (log_prior == math.inf)
         invalid = invalid | (log_lik == math.inf)
@@ -311,7 +314,7 @@ def run_tempered(
         stats["step_size"].append(step_size)
     stats["stages"] = len(stats["temperatures"]) - 1
     stats["ess"] = ess
-    stats["nfe"] = density.nfe / num_particles
+    stats["nfe"] = density.counter.per_particle(num_particles)["nfe"]
     stats["run_time_s"] = time.perf_counter() - start_time
     values = {k: v.detach() for k, v in sites.unpack(particles.z).items()}
     return ParticleRun(values, log_weights, log_evidence, stats)

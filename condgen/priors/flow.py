@@ -111,11 +111,6 @@ class FlowPrior(Prior):
         event_shape: The shape ``(features,)`` of one draw; inferred from the flow's base
             distribution when None.
 
-    Attributes:
-        nfe: The number of flow evaluations so far (calls of :meth:`log_prob`,
-            :meth:`sample` and :meth:`rsample`, each one batched pass through the flow, or
-            its inverse), as for the path priors.
-
     Example:
         >>> import pyro, torch
         >>> from condgen.priors import FlowPrior
@@ -158,7 +153,6 @@ class FlowPrior(Prior):
         super().__init__(event_shape)
         self.flow = flow
         self.context = None
-        self.nfe = 0
         if context is not None:
             self._bind(context)
 
@@ -242,7 +236,6 @@ class FlowPrior(Prior):
                 f"this flow is conditional ({self.context_features} context features): use "
                 f"prior.given(context)"
             )
-        self.nfe += 1
         return self.flow(self.context)
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
@@ -269,7 +262,6 @@ class FlowPrior(Prior):
             batch = torch.broadcast_shapes(x.shape[:-1], c.shape[:-1])
             x = x.expand((*batch, d)).reshape(-1, d)
             c = c.expand((*batch, c.shape[-1])).reshape(-1, c.shape[-1])
-            self.nfe += 1
             log_p = self.flow(c).log_prob(x)
         return log_p.reshape(batch)
 

@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from .counting import count_evaluation
 from .encoding import schedule_config
 from .path import PathPrior
 from .schedules import Schedule, VPSchedule
@@ -199,15 +200,16 @@ class GaussianMixturePrior(PathPrior):
 
     def denoise(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact denoiser :math:`E[x \mid x_t]`."""
-        self.nfe += 1
         alpha, sigma = self.schedule(self._times(x_t, t))
         if self._isotropic:  # sum_k r_k ((1 - alpha s_k) m_k + s_k x_t)
             alpha, sigma = alpha[..., None], sigma[..., None]
             log_r, shrink = self._isotropic_terms(x_t, alpha, sigma)
             r = log_r.softmax(-1)
-            return (r * (1 - alpha * shrink)) @ self.means + (r * shrink).sum(-1, True) * x_t
-        log_r, means = self._components(x_t, alpha[..., None, None], sigma[..., None, None])
-        return (log_r.softmax(-1).unsqueeze(-1) * means).sum(-2)
+            x0 = (r * (1 - alpha * shrink)) @ self.means + (r * shrink).sum(-1, True) * x_t
+        else:
+            log_r, means = self._components(x_t, alpha[..., None, None], sigma[..., None, None])
+            x0 = (log_r.softmax(-1).unsqueeze(-1) * means).sum(-2)
+        return count_evaluation(x0, self.event_dim)
 
     def denoise_covariance(self, x_t: Tensor, t: Tensor | float) -> Tensor:
         r"""The exact covariance :math:`\mathrm{Cov}[x \mid x_t]`, shaped ``[*batch, d, d]``:

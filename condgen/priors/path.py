@@ -14,7 +14,9 @@ import torch
 from torch import Tensor, nn
 from zuko.utils import odeint
 
+from .._gaussian import normal_log_prob
 from .base import Prior
+from .counting import count_evaluation
 from .encoding import network_config, schedule_config
 from .samplers import sample_path
 from .schedules import RectifiedSchedule, Schedule, VPSchedule, build_schedule
@@ -103,10 +105,7 @@ def ode_log_prob(
     zero = torch.zeros(batch, dtype=x.dtype, device=x.device)
     x1, integral = odeint(f, (x, zero), t_min, 1.0, phi=tuple(parameters), atol=atol, rtol=rtol)
     _, sigma1 = schedule(torch.ones((), dtype=x.dtype, device=x.device))
-    d = math.prod(x.shape[x.dim() - event_dim :])
-    log_base = -0.5 * (x1 / sigma1).pow(2).flatten(x.dim() - event_dim).sum(-1)
-    log_base = log_base - d * (sigma1.log() + 0.5 * math.log(2 * math.pi))
-    return log_base + integral
+    return normal_log_prob(x1, 0.0, sigma1, batch_dims=x.dim() - event_dim) + integral
 
 
 class PathPrior(Prior):
@@ -117,7 +116,9 @@ class PathPrior(Prior):
     the noise and the probability-flow velocity follow from it, so that every sampler and
     every guidance method is written once, against :meth:`denoise`.
 
-    Subclasses implement :meth:`denoise` and :meth:`_device_dtype`.
+    Subclasses implement :meth:`denoise` (returning its result through
+    :func:`~condgen.priors.counting.count_evaluation`, so that an active
+    :class:`~condgen.priors.counting.EvaluationCounter` counts it) and :meth:`_device_dtype`.
 
     Arguments:
         schedule: The path: a :class:`Schedule` or a name (``"vp"``, ``"ve"``, ``"cosine"``,
@@ -128,10 +129,6 @@ class PathPrior(Prior):
         steps: Default number of sampler steps.
         exact_divergence: Whether :meth:`log_prob` uses the exact divergence; by default when
             the event has at most 16 coordinates, else Hutchinson's estimator.
-
-    Attributes:
-        nfe: The number of denoiser (network) evaluations so far, in sampling and
-            likelihoods; guidance methods read it to report their cost.
     """
 
     def __init__(
@@ -148,7 +145,6 @@ class PathPrior(Prior):
         if exact_divergence is None:
             exact_divergence = math.prod(self.event_shape) <= 16
         self.exact_divergence = exact_divergence
-        self.nfe = 0
 
     @property
     def event_dim(self) -> int:
@@ -203,7 +199,7 @@ class PathPrior(Prior):
         """
         device, dtype = self._device_dtype()
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        x, _ = sample_path(
+        return sample_path(
             self.denoise,
             self.schedule,
             shape,
@@ -215,7 +211,6 @@ class PathPrior(Prior):
             device=device,
             dtype=dtype,
         )
-        return x
 
     def log_prob(self, x: Tensor, **options: Any) -> Tensor:
         r"""Log-density through the probability-flow ODE (see :func:`ode_log_prob`; options
@@ -327,13 +322,12 @@ class DiffusionPrior(PathPrior):
         (``context`` overrides the bound one; None is the unconditional model)."""
         t = self._times(x_t, t)
         context = self.context if context is None else context
-        self.nfe += 1
         output = self.network(x_t, t) if context is None else self.network(x_t, t, context)
         if self.prediction == "noise":
-            return self.schedule.denoiser_from_noise(x_t, output, t, self.event_dim)
-        if self.prediction == "velocity":
-            return self.schedule.denoiser_from_velocity(x_t, output, t, self.event_dim)
-        return output
+            output = self.schedule.denoiser_from_noise(x_t, output, t, self.event_dim)
+        elif self.prediction == "velocity":
+            output = self.schedule.denoiser_from_velocity(x_t, output, t, self.event_dim)
+        return count_evaluation(output, self.event_dim)
 
     def fit(self, data: Tensor, **options: Any) -> list[float]:
         r"""Trains the network on samples of the data distribution by denoising score matching

@@ -116,9 +116,6 @@ class PathStep(Step):
         schedule: The path :math:`(\alpha_t, \sigma_t)`.
     """
 
-    #: Denoiser evaluations a step makes.
-    nfe_per_step: int = 1
-
     def __init__(self, denoise: Denoiser, schedule: Schedule):
         self.denoise, self.schedule = denoise, schedule
 
@@ -149,8 +146,6 @@ class Euler(PathStep):
 class Heun(PathStep):
     r"""Heun's second-order method on the probability-flow ODE: deterministic, two NFE a
     step (Karras et al., 2022)."""
-
-    nfe_per_step = 2
 
     def move(self, x, t, s, x0=None):
         v = self.velocity(x, t, x0)
@@ -293,7 +288,7 @@ def sample_path(
     generator: torch.Generator | None = None,
     device=None,
     dtype=None,
-) -> tuple[Tensor, int]:
+) -> Tensor:
     r"""Draws from a Gaussian path model by integrating from :math:`t = 1` to
     :math:`t_\text{min}`, then denoising once: :math:`x = D(x_{t_\text{min}}, t_\text{min})`.
 
@@ -318,22 +313,20 @@ def sample_path(
         generator: Optional random generator.
 
     Returns:
-        The draws and the number of denoiser evaluations (NFE).
+        The draws (an active :class:`~condgen.priors.counting.EvaluationCounter` counts the
+        denoiser evaluations of a path prior's :meth:`~condgen.priors.PathPrior.denoise`).
     """
-    nfe = 0
 
-    def counted(x_t: Tensor, t: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
+    def batched(x_t: Tensor, t: Tensor) -> Tensor:
         return denoise(x_t, t.expand(x_t.shape[: x_t.dim() - event_dim]))
 
     if sampler == "ddim" and eta is None:
         eta = 0.0
-    step = make_sampler(sampler, counted, schedule, eta, generator)
+    step = make_sampler(sampler, batched, schedule, eta, generator)
     with torch.no_grad():
         if x_init is None:
             x_init = torch.randn(shape, generator=generator, device=device, dtype=dtype)
             x_init = x_init * schedule(torch.ones((), dtype=x_init.dtype))[1].to(x_init.device)
         grid = time_grid(schedule, steps, device=x_init.device, dtype=x_init.dtype)
         x, _ = integrate(step, x_init, grid)
-    return x, nfe
+    return x
