@@ -133,29 +133,26 @@ class SMC(SMCMethod):
     ``max_particles``; ``steps`` and the path options do not apply), except for a path prior
     alone with a linear-Gaussian observation, where the path sampler's optimal proposal is
     better. A diffusion or flow-matching prior always takes the path: with a likelihood that is
-    not linear-Gaussian its TDS moves can put the mode masses wrong (a Gaussian prior
-    :math:`\mathcal{N}(0, 4)` walked along its path with :math:`y_i \sim \mathcal{N}(\theta^2,
-    0.5)`, 20 observations, 2000 particles: runs at R-hat 1.1-1.7, a warning on 5 of 5 seeds).
+    not linear-Gaussian its TDS moves can put the mode masses wrong, which the runs' R-hat
+    shows (docs/benchmarks.md, "Figures behind the methods' docstrings").
 
     Known bias: the ancestral kernel has the exact mean of the reverse transition
     :math:`p(x_s \mid x_t)` but leaves :math:`a^2 \mathrm{Cov}[x \mid x_t]` out of its
-    covariance, which moves mass between the prior's modes to first order in the step size: on
-    the 25-mode prior of the Gaussian-mixture benchmark, 100 steps misplace about 2% of it
-    (total variation 0.02, halving as the steps double; docs/benchmarks.md, "Mode masses at a
-    low-dimensional observation"). Where a one-dimensional observation leaves a few distant
-    modes, that bias and the Monte Carlo error of the mode masses (about twice that of as many
-    exact draws, at 1000 particles) put the draws more than 0.25 above the two-sample floor of
-    the sliced Wasserstein distance on about half of the problems (5 of 10 in one run). Use
+    covariance, which moves mass between the prior's modes to first order in the step size (its
+    error in the mode masses halves as the steps double; docs/benchmarks.md, "Mode masses at a
+    low-dimensional observation"). Where a low-dimensional observation leaves a few distant
+    modes, that bias adds to the Monte Carlo error of the mode masses, which is larger than
+    that of as many exact draws, so that the draws can miss the exact posterior by more than
+    their spread across runs shows (docs/benchmarks.md, "Self-check of the SMC samplers"). Use
     more ``steps`` and particles there; the stats ``ess`` and ``ancestors`` say when too few
     particles survive. :class:`~condgen.methods.CovarianceSMC` adds :math:`a^2 \mathrm{Cov}[x
-    \mid x_t]` to the transition (two VJPs a step): it removes that bias (mode masses at 25
-    steps: total variation 0.017 against 0.003; exact log evidence on a Gaussian prior at 20
-    steps), but at 1000 particles on the mixture benchmark the Monte Carlo error of the mode
-    masses dominates and it wins no more problems at equal cost (docs/benchmarks.md).
+    \mid x_t]` to the transition (two VJPs a step), which removes that bias (the evidence of a
+    Gaussian prior is then exact); on the mixture benchmark, where the Monte Carlo error of the
+    mode masses dominates at 1000 particles, it is no more accurate at equal cost.
     :class:`~condgen.methods.MomentTwistSMC` twists with the spread of :math:`x` given
-    :math:`x_t` along the observed directions (:math:`d_y` VJPs a step): flatter weights and a
-    closer evidence, and more problems within the benchmark's tolerance at 100 steps (28 and 20
-    of 30 at d = 8 and 80, against 25 and 15) for 2 to 5 times the cost.
+    :math:`x_t` along the observed directions (:math:`d_y` VJPs a step): flatter weights, a
+    closer evidence and more problems within the benchmark's tolerance at equal steps, for
+    more network evaluations a step (docs/benchmarks.md, "Self-check of the SMC samplers").
 
     Arguments:
         steps: The number of steps.

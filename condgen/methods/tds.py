@@ -120,13 +120,12 @@ class TDS(SMCMethod):
 
     Known bias: the twist ignores how uncertain :math:`x_0` is given :math:`x_t`. When the
     observation is low-dimensional (:math:`d_y < d`) and the prior multimodal, early
-    resampling can then put the mass on the wrong modes at modest particle counts (on the
-    Gaussian-mixture benchmark at :math:`d = 8, d_y = 1`, one seed in three at a sliced
-    Wasserstein distance of 2.8 against a floor of 0.9); :class:`~condgen.methods.SMC`
-    (``"smc"``) does not have this problem for linear-Gaussian observations. TDS needs only
-    :math:`\log p(y \mid x)` and its gradient: any likelihood works, at one denoiser
-    evaluation and one vector-Jacobian product through it per particle and step (the stats
-    ``nfe`` and ``vjp``).
+    resampling can then put the mass on the wrong modes at modest particle counts (see the
+    Gaussian-mixture benchmark at :math:`d = 8, d_y = 1` in docs/benchmarks.md);
+    :class:`~condgen.methods.SMC` (``"smc"``) does not have this problem for linear-Gaussian
+    observations. TDS needs only :math:`\log p(y \mid x)` and its gradient: any likelihood
+    works, at one denoiser evaluation and one vector-Jacobian product through it per particle
+    and step (the stats ``nfe`` and ``vjp``).
 
     Arguments:
         steps: The number of steps.
