@@ -11,7 +11,8 @@ __all__ = [
     "build_guide_flow",
 ]
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -160,6 +161,26 @@ def build_guide_flow(
     return Flow(LazyInverse(LazyComposedTransform(transform, affine)), built.base)
 
 
+@contextmanager
+def _detached_parameters(module: nn.Module) -> Iterator[None]:
+    r"""Within the block, every parameter of ``module`` reads as its detached value (unlike
+    :func:`torch.func.functional_call`, this works under :func:`torch.jit.trace`, as in Pyro's
+    ``JitTrace_ELBO``)."""
+    found = [
+        (owner, name, value)
+        for owner in module.modules()
+        for name, value in owner._parameters.items()
+        if value is not None
+    ]
+    try:
+        for owner, name, value in found:
+            owner._parameters[name] = value.detach()
+        yield
+    finally:
+        for owner, name, value in found:
+            owner._parameters[name] = value
+
+
 NUM_FIXED_DRAWS = 8192
 r"""The number of draws behind the flow guides' medians, quantiles and moments (a quantile at
 level :math:`p` then has a Monte Carlo error of about :math:`\sqrt{p(1 - p) / N} / q'(p)`: 0.027
@@ -196,15 +217,20 @@ class FlowLatent(TorchDistribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, base: Distribution, batch_shape: Size | None = None):
-        self.base = base
+    def __init__(
+        self,
+        base: Distribution,
+        batch_shape: Size | None = None,
+        log_prob_fixed: Callable[[Tensor], Tensor] | None = None,
+    ):
+        self.base, self.log_prob_fixed = base, log_prob_fixed
         batch_shape = base.batch_shape if batch_shape is None else Size(batch_shape)
         torch.broadcast_shapes(base.batch_shape, batch_shape)
         self._cache: tuple[Tensor, Tensor] | None = None
         super().__init__(batch_shape, base.event_shape, validate_args=False)
 
     def expand(self, batch_shape: Size, _instance: FlowLatent | None = None) -> FlowLatent:
-        return FlowLatent(self.base, Size(batch_shape))
+        return FlowLatent(self.base, Size(batch_shape), self.log_prob_fixed)
 
     def rsample_and_log_prob(self, sample_shape: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
         r"""Draws values and their log-density in one pass."""
@@ -225,7 +251,11 @@ class FlowLatent(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._cache is not None and value is self._cache[0]:
-            return self._cache[1]
+            log_q = self._cache[1]
+            if self.log_prob_fixed is None or not value.requires_grad:
+                return log_q
+            path = self.log_prob_fixed(value)
+            return log_q.detach() + (path - path.detach())
         log_q = self.base.log_prob(value)
         return log_q.expand(torch.broadcast_shapes(log_q.shape, self.batch_shape))
 
@@ -373,8 +403,10 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
         scale_tril: bool = False,
+        path_derivative: bool = False,
         **flow_options: Any,
     ):
+        self._path_derivative = bool(path_derivative)
         if not init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {init_scale}")
         self._scale_tril = bool(scale_tril)
@@ -402,7 +434,14 @@ class FlowGuide(AutoContinuous):
         r"""The guide's distribution :math:`q(u)` of the concatenated unconstrained latent."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        return FlowLatent(self.flow())
+        if not (self._path_derivative and torch.is_grad_enabled()):
+            return FlowLatent(self.flow())
+        return FlowLatent(self.flow(), log_prob_fixed=self._log_prob_fixed)
+
+    def _log_prob_fixed(self, value: Tensor) -> Tensor:
+        flow = self.flow
+        with _detached_parameters(flow):
+            return flow().log_prob(value)
 
     @torch.no_grad()
     def quantiles(
