@@ -78,7 +78,7 @@ DESIGN_NAMES = {
     "condgen.methods": ["available", "DPS", "PiGDM", "TDS", "ClassifierGuidance", "CFG"],
     "condgen.methods.bayesian": [],
     "condgen.methods.guidance": ["DPS", "PiGDM", "ClassifierGuidance", "CFG"],
-    "condgen.methods.smc": [],
+    "condgen.methods.smc": ["SMC"],
     "condgen.methods.amortized": [],
     "condgen.priors": [
         "DiffusionPrior",

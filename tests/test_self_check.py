@@ -14,8 +14,8 @@ import condgen
 from condgen.diagnostics import ConvergenceWarning, check_convergence, convergence
 from condgen.evaluate import GaussianMixtureInverseProblem
 from condgen.methods import SMC
+from condgen.methods.particle_filter import run_smc
 from condgen.methods.runs import ParticleRun, pool_runs
-from condgen.methods.smc import run_smc
 from condgen.priors import GaussianMixturePrior
 
 Y_TWO_MODES = 1.0 + 0.5**0.5 * torch.randn(20, generator=torch.Generator().manual_seed(0))

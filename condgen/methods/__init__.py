@@ -29,10 +29,10 @@ from .amortized import FMPEMethod, NPEMethod, NPSEMethod
 from .base import Method, available, describe, get, register
 from .bayesian import NUTS, SVI, Importance
 from .covariance_kernel import CovarianceSMC
-from .gaussian_smc import SMC
 from .gibbs import Gibbs
 from .guidance import CFG, DPS, ClassifierGuidance, PiGDM
 from .langevin import Langevin
 from .moment_twist import MomentTwistSMC
+from .smc import SMC
 from .tds import TDS
 from .tempered import TemperedSMC

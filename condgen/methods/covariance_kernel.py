@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from .._gaussian import cholesky_log_prob, log_density, stable_cholesky
-from .gaussian_smc import SMC, GaussianTwistKernel
+from .particle_filter import SMCKernel
 from .path import PathSetup
-from .smc import SMCKernel
+from .smc import SMC, GaussianTwistKernel
 
 
 class CovarianceKernel(GaussianTwistKernel):
-    r"""The locally optimal moves of :class:`~condgen.methods.gaussian_smc.GaussianTwistKernel`
+    r"""The locally optimal moves of :class:`~condgen.methods.smc.GaussianTwistKernel`
     for a linear-Gaussian observation, along a reverse transition that includes the spread of
     :math:`x` given :math:`x_t`.
 
@@ -61,7 +61,7 @@ class CovarianceKernel(GaussianTwistKernel):
 
     Arguments:
         setup, grid, batch_size, moments: As
-            :class:`~condgen.methods.gaussian_smc.GaussianTwistKernel`.
+            :class:`~condgen.methods.smc.GaussianTwistKernel`.
         rank: The prior's principal directions measured by the Jacobian.
         observed: Whether to measure along the rows of :math:`A` too (:math:`d_y` more VJPs).
     """

@@ -22,9 +22,9 @@ from ..priors.counting import EvaluationCounter
 from ..problem import Problem
 from .base import Method, register
 from .bayesian import init_generative_to_sample
-from .gaussian_smc import SMC
+from .particle_filter import run_smc
 from .runs import DEFAULT_MAX_RHAT
-from .smc import run_smc
+from .smc import SMC
 
 
 class _FixedSite(Messenger):

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from .._gaussian import cholesky_log_prob, stable_cholesky
-from .gaussian_smc import SMC
+from .particle_filter import SMCKernel
 from .path import PathSetup
-from .smc import SMCKernel
+from .smc import SMC
 
 
 def _clamp_psd(matrix: Tensor) -> Tensor:
@@ -42,7 +42,7 @@ class MomentTwistKernel(SMCKernel):
     :math:`d_y` vector-Jacobian products along the rows of :math:`A`. It is the exact
     :math:`p(y \mid x_t)` for a Gaussian prior, and near a mode of a mixture close to that
     mode's predictive, where the twist of
-    :class:`~condgen.methods.gaussian_smc.GaussianTwistKernel` uses the prior's global moments.
+    :class:`~condgen.methods.smc.GaussianTwistKernel` uses the prior's global moments.
     Where :math:`\alpha_t` is below ``min_alpha`` (:math:`t = 1` of a flow-matching path), the
     global moments' :math:`R_t A^\top` replaces :math:`C_t A^\top` and no VJP is taken.
 
@@ -67,7 +67,7 @@ class MomentTwistKernel(SMCKernel):
     new point; the next step reuses them), plus one of each at :math:`t = 1`.
 
     Arguments:
-        setup, grid, batch_size: See :class:`~condgen.methods.smc.SMCKernel`.
+        setup, grid, batch_size: See :class:`~condgen.methods.particle_filter.SMCKernel`.
         moments: The prior's mean, covariance eigenvalues and eigenvectors (the fallback where
             :math:`\alpha_t` is tiny).
         min_alpha: Below it, the global moments replace the Jacobian.

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .._gaussian import normal_log_prob
 from .base import register
+from .particle_filter import SMCKernel, SMCMethod
 from .path import PathSetup
-from .smc import SMCKernel, SMCMethod
 
 
 def _clip(shift: Tensor, std: Tensor) -> Tensor:
@@ -32,7 +32,7 @@ class TDSKernel(SMCKernel):
     :math:`\log p(y \mid x)` and its gradient are needed.
 
     Arguments:
-        setup, grid, batch_size: See :class:`~condgen.methods.smc.SMCKernel`.
+        setup, grid, batch_size: See :class:`~condgen.methods.particle_filter.SMCKernel`.
         twist_scale: A factor on :math:`\lambda_t`.
         twist_schedule: ``"snr"`` (:math:`\lambda_t = \alpha_t^2 / (\alpha_t^2 + \sigma_t^2)`)
             or ``"constant"`` (:math:`\lambda_t = 1`).
@@ -134,11 +134,11 @@ class TDS(SMCMethod):
         twist_schedule: ``"snr"`` (tempered, default) or ``"constant"`` (the paper's).
         batch_size: Particles whose network evaluations run at once.
         num_runs, rhat, max_particles: Independent runs, the quality target and its cap (see
-            :class:`~condgen.methods.smc.SMCMethod`).
+            :class:`~condgen.methods.particle_filter.SMCMethod`).
 
     Stats:
         ``ess``, ``ancestors``, ``ess_trace``, ``resampled``, ``nfe`` (see
-        :class:`~condgen.methods.smc.SMCMethod`).
+        :class:`~condgen.methods.particle_filter.SMCMethod`).
 
     References:
         | Practical and Asymptotically Exact Conditional Sampling in Diffusion Models
