@@ -30,7 +30,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
-from pyro.infer.autoguide import init_to_value
+from pyro.infer.autoguide import AutoMultivariateNormal, init_to_value
 from torch import Tensor, nn
 
 import condgen
@@ -251,6 +251,72 @@ def test_flow_guide_starts_as_normal_at_init_point():
     # the flow starts at the identity: N(init point, init_scale^2) in unconstrained space
     assert torch.allclose(u.mean(0), torch.tensor([3.0, math.log(2.0)]), atol=0.01)
     assert torch.allclose(u.std(0), torch.tensor([0.2, 0.2]), rtol=0.03)
+
+
+def tree_model(data):
+    r"""``x ~ N(0, 1)``, ``y_i ~ N(x, 1)``, ``obs_i ~ N(y_i, 1)`` (Pyro's ``test_exact_tree``): a
+    Gaussian posterior over three correlated latents."""
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(data)):
+        y = pyro.sample("y", dist.Normal(x, 1.0))
+        pyro.sample("obs", dist.Normal(y, 1.0), obs=data)
+
+
+def tree_posterior(data: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Mean and sd of ``(x, y_1, y_2)`` given ``obs``: ``(x, y) = L eta``, ``eta ~ N(0, I)``, so
+    the prior covariance is ``L L^T`` and the posterior precision ``(L L^T)^{-1} + A^T A``."""
+    root = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    design = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    cov = torch.linalg.inv(torch.linalg.inv(root @ root.T) + design.T @ design)
+    return cov @ design.T @ data, cov.diagonal().sqrt()
+
+
+@pytest.mark.parametrize(
+    "make_guide",
+    [
+        pytest.param(AutoMultivariateNormal, id="mvn"),
+        pytest.param(
+            lambda model: FlowGuide(
+                model,
+                transforms=1,
+                hidden_features=(16, 16),
+                scale_tril=True,
+                path_derivative=True,
+                init_scale=1.0,
+            ),
+            id="flow",
+        ),
+    ],
+)
+def test_flow_guide_converges_as_fast_as_gaussian(make_guide):
+    r"""On a Gaussian posterior, FlowGuide with the path-derivative gradient, started at the
+    prior's scale, is as close to the exact mean and sd as ``AutoMultivariateNormal`` after the
+    same 200 steps (16 vectorised particles, ClippedAdam lr 0.05 decaying to 0.005).
+
+    Measured over seeds 0-2 (largest error over the three latents, 20,000 draws):
+    ``AutoMultivariateNormal`` mean 0.018-0.086 sd, sd 0.6-2.7%; this FlowGuide mean
+    0.005-0.020 sd, sd 0.5-1.2%; FlowGuide without the path derivative (init scale 0.1 or 1)
+    mean up to 0.098 sd, sd up to 5.6%; with it but at init scale 0.1, mean up to 0.20 sd and
+    sd up to 16%. Bounds, the same for both guides: 0.1 sd on the means (the Monte Carlo error
+    of 20,000 draws is 0.007 sd) and 5% on the sds."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    data = torch.tensor([0.8, -0.4])
+    mean, sd = tree_posterior(data)
+    guide = make_guide(tree_model)
+    elbo = Trace_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=1)
+    num_steps = 200
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.1 ** (1 / num_steps)})
+    svi = SVI(tree_model, guide, optim, elbo)
+    for _ in range(num_steps):
+        svi.step(data)
+    with torch.no_grad(), pyro.plate("draws", 20_000, dim=-2):
+        trace = poutine.trace(guide).get_trace(data)
+    draws = torch.cat(
+        [trace.nodes["x"]["value"].reshape(-1, 1), trace.nodes["y"]["value"].reshape(-1, 2)], -1
+    )
+    assert ((draws.mean(0) - mean).abs() < 0.1 * sd).all(), (draws.mean(0), mean)
+    assert ((draws.std(0) / sd - 1).abs() < 0.05).all(), (draws.std(0), sd)
 
 
 def test_unknown_flow_name():
