@@ -203,7 +203,12 @@ UNHANDLED_MODELS = {
     "nuts": (_discrete, _Y, "method 'nuts' needs continuous latent sites, but site 'k'"),
     "svi": (_discrete, _Y, "method 'svi' needs continuous latent sites, but site 'k'"),
     # importance fits its proposal by SVI first, whose check names the site
-    "importance": (_discrete, _Y, "needs continuous latent sites, but site 'k'"),
+    "importance": (
+        _discrete,
+        _Y,
+        "method 'importance' with proposal='guide' needs continuous latent sites, but site 'k'"
+        r".*use proposal='prior'",
+    ),
     "tds": (
         _no_path_prior,
         _Y,

@@ -29,9 +29,10 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 from tqdm import tqdm
 
+from .._resampling import systematic_resample
 from ..diagnostics import check_convergence
 from ..guides.sivi import KernelSIVI
-from ..posterior import Posterior, systematic_resample
+from ..posterior import Posterior
 from ..priors.counting import EvaluationCounter
 from ..problem import Problem, is_neural
 from .base import Method, register
@@ -446,6 +447,7 @@ class Importance(Method):
             with torch.no_grad():
                 log_weights = problem.log_likelihood(values)
         else:
+            problem.require_continuous("importance' with proposal='guide", "proposal='prior'")
             svi = SVI(guide=self.guide, num_steps=self.num_steps)
             with pyro.get_param_store().scope():
                 guide, _ = svi.fit(problem, progress)

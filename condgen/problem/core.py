@@ -432,13 +432,14 @@ class Problem:
         names = list(self.latent_sites) if names is None else list(names)
         return UnconstrainedSites({n: self.latent_sites[n] for n in names}, label)
 
-    def require_continuous(self, method: str, suggestion: str = "importance") -> None:
-        r"""Raises a :class:`ValueError` naming the first discrete latent site, if any."""
+    def require_continuous(self, method: str, suggestion: str = "method='importance'") -> None:
+        r"""Raises a :class:`ValueError` naming the first discrete latent site, if any, and
+        ``suggestion``: what would work instead."""
         for name, site in self.latent_sites.items():
             if site.discrete:
                 raise ValueError(
                     f"method '{method}' needs continuous latent sites, but site '{name}' has "
-                    f"discrete support {site.support}; use method='{suggestion}' or "
+                    f"discrete support {site.support}; use {suggestion} or "
                     "marginalise the site out"
                 )
 
