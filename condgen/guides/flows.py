@@ -211,6 +211,9 @@ class FlowLatent(TorchDistribution):
         base: A distribution with event shape :math:`(D,)`; its batch shape must broadcast to
             the right of ``batch_shape``.
         batch_shape: The batch shape (default the base's).
+        log_prob_fixed: The log-density with the distribution's parameters held fixed
+            (gradients flow through the value only); given, ``log_prob`` of a cached draw has
+            the cached value and this function's gradient (the path derivative).
     """
 
     arg_constraints: ClassVar[dict] = {}
@@ -349,11 +352,22 @@ class FlowGuide(AutoContinuous):
     initial point. :meth:`FlowLatent.mean` and :meth:`FlowLatent.variance` are Monte Carlo
     estimates over the same draws.
 
-    On a Gaussian posterior a small flow fitted with Pyro's schedule for its exact tests meets
-    their tolerances with less margin than ``AutoMultivariateNormal``: at the exact posterior
-    the ELBO gradient of the hyper-network's weights is zero-mean noise, on which Adam still
-    takes steps (see ``tests/test_pyro_autoguide_suite.py``; measured fits and speed:
-    ``docs/benchmarks.md``, "Guides").
+    With ``path_derivative=True`` the ELBO's gradient is the path derivative of Roeder et al.
+    ("sticking the landing"): :math:`\log q` at the drawn :math:`u = g_\theta(\epsilon)` is
+    evaluated with :math:`\theta` held fixed, so the gradient is
+
+    .. math:: \nabla_\theta \big[\log p(g_\theta(\epsilon)) - \log q_{\bar\theta}(g_\theta
+        (\epsilon))\big],
+
+    which drops the score term :math:`\nabla_\theta \log q_\theta(u)` (zero mean). It is
+    unbiased for ``Trace_ELBO``-type objectives (not for importance-weighted ones such as
+    ``RenyiELBO``), and zero at every draw when :math:`q = p`: once the fit is exact, the
+    flow's parameters stop moving, where with the total gradient they keep taking Adam steps on
+    zero-mean noise. It costs a density evaluation at the draws, through the flow's inverse
+    (:math:`D` passes of an autoregressive flow). Far from the posterior, a spline flow's
+    :math:`\nabla_u \log q` is heavy-tailed, so start it near the answer (e.g. at the prior's
+    scale, ``init_scale=1.0``, on a posterior about as wide as the prior); measured fits with
+    and without it: ``docs/guides.md``.
 
     Arguments:
         model: A Pyro model with continuous latent sites of fixed shapes.
@@ -362,11 +376,12 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: A per-site initialisation (``pyro.infer.autoguide.init_to_*``) for
             :math:`\mu`.
         init_scale: The initial scale :math:`\sigma` in unconstrained space (0.1, as Pyro's
-            Gaussian autoguides: posteriors are usually narrower than priors; for posteriors
-            about as wide as a standard normal, 1 often converges faster, see
-            ``docs/benchmarks.md``).
+            Gaussian autoguides: posteriors are usually narrower than priors; 1 is the scale
+            of a standard-normal prior).
         scale_tril: Whether the affine layer is lower triangular (:class:`TrilAffine`, with
             :math:`D(D - 1) / 2` more parameters) rather than element-wise.
+        path_derivative: Whether the ELBO's gradient is the path derivative (see above)
+            rather than the total derivative of :math:`\log q`.
         flow_options: Keyword arguments of the flow class (``transforms=3``,
             ``hidden_features=(64, 64)``, ``bins=8``, ...).
 
@@ -378,7 +393,7 @@ class FlowGuide(AutoContinuous):
         >>> guide = FlowGuide(task.model, "nsf", transforms=2, hidden_features=(16, 16))
         >>> optim = pyro.optim.Adam({"lr": 1e-2})
         >>> svi = pyro.infer.SVI(task.model, guide, optim, pyro.infer.Trace_ELBO())
-        >>> for _ in range(50):  # about 1000 steps to converge
+        >>> for _ in range(50):  # a smoke run: a fit takes many more steps
         ...     loss = svi.step()
         >>> draws = pyro.infer.Predictive(task.model, guide=guide, num_samples=100)()
         >>> draws["z"].shape
@@ -393,6 +408,10 @@ class FlowGuide(AutoContinuous):
 
         | Automatic Differentiation Variational Inference (Kucukelbir et al., 2017)
         | https://arxiv.org/abs/1603.00788
+
+        | Sticking the Landing: Simple, Lower-Variance Gradient Estimators for Variational
+          Inference (Roeder et al., 2017)
+        | https://arxiv.org/abs/1703.09194
     """
 
     def __init__(
