@@ -1,20 +1,36 @@
-r"""Shared pieces of the benchmark scripts: the machine line and the docs section writer."""
+r"""Shared pieces of the benchmark scripts: the common options, the machine line, a timed run
+of ``condition`` and the docs section writer."""
 
 from __future__ import annotations
 
+__all__ = [
+    "arguments",
+    "begin",
+    "benchmark",
+    "heading",
+    "machine",
+    "publish",
+    "quiet_condition",
+    "reproduce",
+    "write_section",
+]
+
 import argparse
-import time
-
-__all__ = ["machine", "reproduce", "write_section"]
-
+import datetime
 import os
 import platform
 import re
 import subprocess
-from collections.abc import Iterable
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+
+import condgen
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -53,6 +69,88 @@ def machine(extra: Iterable[str] = ()) -> str:
         *extra,
     ]
     return ", ".join(parts)
+
+
+def arguments(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    quick: Callable[[argparse.Namespace], Mapping[str, Any]],
+    *,
+    quick_help: str | None = "smoke run",
+    threads: int | None = None,
+) -> argparse.Namespace:
+    r"""Adds the options every benchmark shares to ``parser`` (``--threads`` when ``threads``
+    is its default, ``--output``, ``--no-write``, ``--quick``) and parses ``argv`` (by default
+    the command line's). Under ``--quick`` the options ``quick(args)`` returns replace the
+    parsed ones; the report goes to docs/benchmarks.md unless ``--quick`` is given without
+    ``--output``. ``args.argv`` keeps the arguments, for :func:`reproduce`."""
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=threads, help="torch threads")
+    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.quick:
+        vars(args).update(quick(args))
+    if args.output is None and not args.quick:
+        args.output = DOCS
+    return args
+
+
+def begin(args: argparse.Namespace, describe: Callable[[], str] = machine) -> tuple[str, float]:
+    r"""Sets torch's threads (``args.threads``, else one), starts the clock and prints the
+    machine line ``describe()`` (taken at the start: the commit that runs). Returns the line
+    and the start, a ``time.perf_counter()``."""
+    torch.set_num_threads(getattr(args, "threads", 1))
+    start = time.perf_counter()
+    line = describe()
+    print(f"machine: {line}")
+    return line, start
+
+
+def benchmark(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace], Any],
+    report: Callable[[Any, argparse.Namespace, str], str],
+    describe: Callable[[], str] = machine,
+) -> str:
+    r"""Runs a benchmark: :func:`begin`, then ``records = measure(args)``, then publishes
+    ``report(records, args, machine_line)`` with the total time (:func:`publish`). Returns the
+    report."""
+    line, start = begin(args, describe)
+    return publish(report(measure(args), args, line), args, start)
+
+
+def heading(section: str, machine_line: str, *commands: str) -> list[str]:
+    r"""The first lines of a report: the section's title, the date and the machine, and the
+    ``commands`` that reproduce it from the repository root."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"## {section}",
+        "",
+        f"Run on {date}: {machine_line}.",
+        "",
+        "Reproduce (from the repository root):",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+    ]
+
+
+def quiet_condition(
+    model: Callable, data: Mapping, method: str, **options: Any
+) -> tuple[condgen.Posterior, float]:
+    r"""``condgen.condition(model, data, method=method, progress=False, **options)`` with its
+    warnings silenced; returns the posterior and the seconds it took."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = condgen.condition(model, data, method=method, progress=False, **options)
+    return post, time.perf_counter() - start
 
 
 def reproduce(script: str, argv: list[str]) -> str:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 import torch
-from common import DOCS, machine, write_section
+from common import arguments, machine, publish, quiet_condition
 
 import condgen as cg
 from condgen.evaluate import UnknownNoiseMixture, sliced_wasserstein
@@ -50,14 +49,10 @@ def score(task: UnknownNoiseMixture, post: cg.Posterior, seconds: float, seed: i
 
 
 def run(task, method: str, num_samples: int, seed: int, **options) -> dict:
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = cg.condition(
-            task.model, task.data, method=method, num_samples=num_samples, seed=seed,
-            progress=False, **options,
-        )  # fmt: skip
-    return score(task, post, time.perf_counter() - start, seed)
+    post, seconds = quiet_condition(
+        task.model, task.data, method, num_samples=num_samples, seed=seed, **options
+    )
+    return score(task, post, seconds, seed)
 
 
 def trained_task(task: UnknownNoiseMixture, steps: int) -> tuple[UnknownNoiseMixture, float]:
@@ -76,11 +71,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--train-steps", type=int, default=3000)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    sizes = {"seeds": 1, "samples": 200, "train_steps": 200}
+    args = arguments(parser, None, lambda _: sizes, quick_help=None)
     torch.set_num_threads(1)
-    if args.quick:
-        args.seeds, args.samples, args.train_steps = 1, 200, 200
     task = UnknownNoiseMixture.default()
     small = {"warmup_steps": 50} if args.quick else {}
     rows = []
@@ -119,11 +112,7 @@ def main() -> None:
             f"| {label} | {seed} | {r['s_mean_err']:.3f} | {r['s_sd_err']:.1%} | {r['sw']:.3f} "
             f"| {r['floor']:.3f} | {r['r_hat']:.3f} | {r['ess']:.0f} | {r['time']:.0f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        write_section(DOCS, text)
-        print(f"written to {DOCS}")
+    publish("\n".join(lines), args)
 
 
 if __name__ == "__main__":

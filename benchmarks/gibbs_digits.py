@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +35,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from common import DOCS, machine, reproduce, write_section
+from common import arguments, machine, publish, reproduce
 
 import condgen as cg
 from condgen.diagnostics import ConvergenceWarning
@@ -145,12 +144,9 @@ def main() -> None:
     parser.add_argument("--prior-scale", type=float, default=0.5, help="s ~ HalfNormal(this)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="settings run at once (processes)")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    small = {"particles": [16], "ess_thresholds": [0.5], "steps": 10, "warmup": 10, "samples": 40}
+    args = arguments(parser, None, lambda _: small, quick_help=None)
     torch.set_num_threads(1)
-    if args.quick:
-        args.particles, args.ess_thresholds = [16], [0.5]
-        args.steps, args.warmup, args.samples = 10, 10, 40
     start = time.perf_counter()
     prior = digits_prior(train=True, progress=False)  # trains and caches it on the first run
     prepared = time.perf_counter() - start
@@ -166,7 +162,7 @@ def main() -> None:
     lines = [
         f"## {SECTION}",
         "",
-        f"Run with `{reproduce('gibbs_digits.py', sys.argv[1:])}`: {machine()}.",
+        f"Run with `{reproduce('gibbs_digits.py', args.argv)}`: {machine()}.",
         "",
         f"Inpainting test digit {args.index} (`DigitsInpainting(mask={args.mask!r})`, "
         f"{len(task.pixels)} of 64 pixels observed) with an unknown noise scale: "
@@ -203,11 +199,7 @@ def main() -> None:
     for r in rows:
         shown = "; ".join(f"“{m}”" for m in r["messages"]) or "none"
         lines.append(f"- {r['label']}: {shown}")
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        write_section(DOCS, text)
-        print(f"written to {DOCS}")
+    publish("\n".join(lines), args)
 
 
 if __name__ == "__main__":

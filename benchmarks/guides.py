@@ -29,17 +29,14 @@ sections are kept).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import torch
-from common import machine, publish, reproduce
+from common import arguments, begin, heading, machine, publish, reproduce
 from pyro.distributions.transforms import iterated, spline_autoregressive
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
@@ -50,7 +47,6 @@ from condgen.evaluate import Banana, sliced_wasserstein
 from condgen.guides import FlowGuide
 
 SECTION = "Guides"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NOISE = 0.3
 NUM_DRAWS = 2000
 HIDDEN = (64, 64)
@@ -109,32 +105,49 @@ def run(
     loss = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=0)
     optim = pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.1 ** (1 / steps)})
     svi = SVI(problem.conditioned_model, guide, optim, loss)
+
+    def score() -> tuple[float]:
+        values, _ = problem.sample_guide(guide, NUM_DRAWS)
+        return (float(sliced_wasserstein(values["z"], reference, num_projections=256)),)
+
+    step_ms, record = timed_svi(svi, steps, checkpoints, score)
+    return {"task": task, "guide": label, "step_ms": step_ms, "record": record}
+
+
+def timed_svi(
+    svi: SVI, steps: int, checkpoints: list[int], score: Callable[[], tuple]
+) -> tuple[float, list[tuple]]:
+    r"""Runs ``svi`` for ``steps`` steps after one that builds the guide, timed in blocks of 50;
+    after the blocks that end at a checkpoint or the last step, records ``(step, seconds of SVI
+    so far, *score())`` (``score`` runs without gradients). Returns the median milliseconds per
+    step and the record."""
     svi.step()  # builds the guide
-    block, times, elapsed, record = 50, [], 0.0, []
-    done = 0
+    times, elapsed, record, done = [], 0.0, [], 0
     while done < steps:
-        size = min(block, steps - done)
+        size = min(50, steps - done)
         start = time.perf_counter()
         for _ in range(size):
             svi.step()
         spent = time.perf_counter() - start
-        elapsed += spent
+        elapsed, done = elapsed + spent, done + size
         times.append(spent / size)
-        done += size
         if done in checkpoints or done == steps:
             with torch.no_grad():
-                values, _ = problem.sample_guide(guide, NUM_DRAWS)
-            distance = float(sliced_wasserstein(values["z"], reference, num_projections=256))
-            record.append((done, elapsed, distance))
-    return {
-        "task": task,
-        "guide": label,
-        "step_ms": 1e3 * statistics.median(times),
-        "record": record,
-    }
+                record.append((done, elapsed, *score()))
+    return 1e3 * statistics.median(times), record
 
 
 # ------------------------------------------------------------------------------- report
+
+
+def show(label: str, result: dict) -> None:
+    r"""Prints ``label``, a run's median time per step and its last checkpoint's SW, as the run
+    ends."""
+    last = result["record"][-1]
+    print(
+        f"{label} {result['step_ms']:6.2f} ms/step  SW {last[2]:.3f} after {last[1]:.1f} s",
+        flush=True,
+    )
 
 
 def table(results: list[dict], peers: dict[str, str | None]) -> str:
@@ -167,21 +180,11 @@ def table(results: list[dict], peers: dict[str, str | None]) -> str:
 
 
 def report(results: list[dict], args: argparse.Namespace, floors: dict[str, float]) -> str:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     peers = {k: v for k, (_, v) in guides().items()}
     floor = ", ".join(f"{k}: {v:.3f}" for k, v in floors.items())
     return "\n".join(
         [
-            f"## {SECTION}",
-            "",
-            f"Run on {date}: {_machine()}.",
-            "",
-            "Reproduce (from the repository root):",
-            "",
-            "```bash",
-            reproduce("guides.py", args.argv),
-            "```",
-            "",
+            *heading(SECTION, _machine(), reproduce("guides.py", args.argv)),
             "`FlowGuide` (one zuko flow over the unconstrained latents, drawn in the "
             "inverse-autoregressive direction) against Pyro's `AutoNormalizingFlow` with "
             f"{TRANSFORMS} `spline_autoregressive` transforms, 8 bins (the peer of the NSF guide; "
@@ -213,27 +216,17 @@ def _machine() -> str:
     return machine([f"Pyro {pyro.__version__}", f"zuko {zuko.__version__}"])
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3000, help="SVI steps per guide")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--quick", action="store_true", help="smoke run (printed only)")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:
-        args.steps = 200
-    if args.output is None and not args.quick:
-        args.output = DOCS
-    return args
+    return arguments(parser, argv, lambda _: {"steps": 200}, quick_help="smoke run (printed only)")
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(1)
-    print(f"machine: {_machine()}")
+    args = parse(argv)
+    begin(args, _machine)
     checkpoints = sorted({max(args.steps // 12, 50), args.steps // 3, args.steps})
     checkpoints = [c - c % 50 or 50 for c in checkpoints]
     results, floors = [], {}
@@ -247,16 +240,9 @@ def main(argv: list[str] | None = None) -> str:
             )
         )
         for label, (factory, _) in guides().items():
-            result = run(task, label, factory, args.steps, checkpoints, args.seed)
-            results.append(result)
-            last = result["record"][-1]
-            print(
-                f"{task:16s} {label:16s} {result['step_ms']:6.2f} ms/step  "
-                f"SW {last[2]:.3f} after {last[1]:.1f} s",
-                flush=True,
-            )
-    text = report(results, args, floors)
-    return publish(text, args)
+            results.append(run(task, label, factory, args.steps, checkpoints, args.seed))
+            show(f"{task:16s} {label:16s}", results[-1])
+    return publish(report(results, args, floors), args)
 
 
 if __name__ == "__main__":

@@ -43,17 +43,14 @@ References:
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import DOCS, machine, publish, reproduce
-from npe import _mean, _spread
+from common import arguments, benchmark, heading, reproduce
+from npe import _machine, _mean, _spread, sbi_trained
 from torch import Tensor
 
 from condgen.evaluate import GaussianLinear, TwoMoons, c2st
@@ -115,17 +112,7 @@ def train_sbi(kind: str, task, simulations: dict[str, Tensor], seed: int):
     torch.manual_seed(seed)
     cls = {"fmpe": SbiFMPE, "npse": SbiNPSE}[kind]
     inference = cls(prior=sbi_prior(task), show_progress_bars=False)
-    inference.append_simulations(simulations["theta"], simulations["x"])
-    start = time.perf_counter()
-    inference.train()
-    elapsed = time.perf_counter() - start
-    posterior = inference.build_posterior()
-    epochs = inference._summary["epochs_trained"][-1]
-
-    def sample(x: Tensor, n: int) -> Tensor:
-        return posterior.sample((n,), x=x, show_progress_bars=False)
-
-    return sample, elapsed, int(epochs)
+    return sbi_trained(inference, simulations)
 
 
 def run(names: list[str], budgets: list[int], seeds: int, draws: int, count: int) -> list[dict]:
@@ -215,19 +202,6 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    r"""The machine line, with the versions of zuko and of the peer."""
-    import zuko
-
-    try:
-        import sbi
-
-        peer = f"sbi {sbi.__version__}"
-    except ImportError:
-        peer = "sbi not installed"
-    return machine([f"zuko {zuko.__version__}", peer])
-
-
 PROTOCOL = """\
 For each task, budget N and seed, N simulations (θ, x) are drawn once from condgen's model of
 the task and given to every estimator. Tasks, from the SBI benchmark (Lueckmann et al., 2021):
@@ -252,21 +226,10 @@ observations); one torch thread.
 
 def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> str:
     r"""The Markdown section: machine, date, command, protocol and table."""
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = reproduce("implicit.py", args.argv)
     return "\n".join(
         [
-            f"## {SECTION}",
-            "",
-            f"Run on {date}: {machine_line}.",
-            "",
-            "Reproduce (from the repository root):",
-            "",
-            "```bash",
-            "pip install sbi",
-            command.strip(),
-            "```",
-            "",
+            *heading(SECTION, machine_line, "pip install sbi", command),
             PROTOCOL.replace("<observations>", str(args.observations)).rstrip(),
             "",
             f"Here: {args.seeds} seed(s) per budget, {args.draws} draws per estimator and as "
@@ -284,7 +247,7 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
     )
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     r"""Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
@@ -294,31 +257,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="trainings per budget")
     parser.add_argument("--draws", type=int, default=1_000, help="draws per C2ST side")
     parser.add_argument("--observations", type=int, default=3, help="per task")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--quick", action="store_true", help="smoke run")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:
-        args.budgets, args.seeds, args.draws, args.observations = [1_000], 1, 500, 2
-    if args.output is None and not args.quick:
-        args.output = DOCS
-    return args
+    small = {"budgets": [1_000], "seeds": 1, "draws": 500, "observations": 2}
+    return arguments(parser, argv, lambda _: small, threads=1)
 
 
 def main(argv: list[str] | None = None) -> str:
     r"""Runs the benchmark, prints the report and writes it (unless ``--quick`` without
     ``--output``, or ``--no-write``)."""
-    args = parse(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    start = time.perf_counter()
-    machine_line = _machine()  # at the start: the commit that runs
-    print(f"machine: {machine_line}")
-    records = run(args.tasks, args.budgets, args.seeds, args.draws, args.observations)
-    text = report(records, args, machine_line)
-    return publish(text, args, start)
+    return benchmark(
+        parse(argv),
+        lambda args: run(args.tasks, args.budgets, args.seeds, args.draws, args.observations),
+        report,
+        _machine,
+    )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,13 @@ guides"; other sections are kept).
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import torch
-from common import machine, publish, reproduce
+from common import arguments, begin, heading, machine, publish, reproduce
+from guides import show, timed_svi
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
@@ -48,7 +45,6 @@ from condgen.evaluate import TargetDensity, TwoModes, sliced_wasserstein
 from condgen.guides import FlowGuide, SemiImplicitGuide
 
 SECTION = "Implicit guides"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NUM_DRAWS = 2000
 
 
@@ -86,28 +82,14 @@ def run(task: str, label: str, steps: int, checkpoints: list[int], seed: int) ->
     guide = GUIDES[label](problem.conditioned_model)
     optim = pyro.optim.ClippedAdam({"lr": method.lr, "lrd": method.lr_decay ** (1 / steps)})
     svi = SVI(problem.conditioned_model, guide, optim, method.objective(guide, problem))
-    svi.step()  # builds the guide
-    block, times, elapsed, record, done = 50, [], 0.0, [], 0
-    while done < steps:
-        size = min(block, steps - done)
-        start = time.perf_counter()
-        for _ in range(size):
-            svi.step()
-        spent = time.perf_counter() - start
-        elapsed, done = elapsed + spent, done + size
-        times.append(spent / size)
-        if done in checkpoints:
-            with torch.no_grad():
-                values, _ = problem.sample_guide(guide, NUM_DRAWS)
-            theta = values["theta"]
-            distance = float(sliced_wasserstein(theta, reference, num_projections=256))
-            record.append((done, elapsed, distance, float((theta[:, 0] > 0).float().mean())))
-    return {
-        "task": task,
-        "guide": label,
-        "step_ms": 1e3 * statistics.median(times),
-        "record": record,
-    }
+
+    def score() -> tuple[float, float]:
+        theta = problem.sample_guide(guide, NUM_DRAWS)[0]["theta"]
+        distance = float(sliced_wasserstein(theta, reference, num_projections=256))
+        return distance, float((theta[:, 0] > 0).float().mean())
+
+    step_ms, record = timed_svi(svi, steps, checkpoints, score)
+    return {"task": task, "guide": label, "step_ms": step_ms, "record": record}
 
 
 def table(results: list[dict], seeds: int) -> str:
@@ -141,20 +123,11 @@ def table(results: list[dict], seeds: int) -> str:
 
 
 def report(results: list[dict], args: argparse.Namespace, floors: dict[str, float]) -> str:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     floor = ", ".join(f"{k}: {v:.3f}" for k, v in floors.items())
+    machine_line = machine([f"Pyro {pyro.__version__}"])
     return "\n".join(
         [
-            f"## {SECTION}",
-            "",
-            f"Run on {date}: {machine([f'Pyro {pyro.__version__}'])}.",
-            "",
-            "Reproduce (from the repository root):",
-            "",
-            "```bash",
-            reproduce("implicit_guides.py", args.argv),
-            "```",
-            "",
+            *heading(SECTION, machine_line, reproduce("implicit_guides.py", args.argv)),
             "`SemiImplicitGuide` (32 mixing components, `SIVI_ELBO` with 16 particles and 50 "
             "inner draws) against `FlowGuide` (NSF), `AutoMultivariateNormal` and `AutoNormal` "
             "(`Trace_ELBO`, 4 vectorised particles), all with `condgen.condition`'s SVI "
@@ -171,26 +144,17 @@ def report(results: list[dict], args: argparse.Namespace, floors: dict[str, floa
     )
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="SVI steps per guide")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--quick", action="store_true", help="smoke run (printed only)")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:
-        args.steps, args.seeds = 200, 1
-    if args.output is None and not args.quick:
-        args.output = DOCS
-    return args
+    small = {"steps": 200, "seeds": 1}
+    return arguments(parser, argv, lambda _: small, quick_help="smoke run (printed only)")
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(1)
-    print(f"machine: {machine()}")
+    args = parse(argv)
+    begin(args)
     checkpoints = sorted({args.steps // 4 - args.steps // 4 % 50 or 50, args.steps})
     results, floors = [], {}
     for task, (_, _, exact) in tasks().items():
@@ -198,16 +162,9 @@ def main(argv: list[str] | None = None) -> str:
         floors[task] = float(sliced_wasserstein(exact(NUM_DRAWS, 1000), other, 256))
         for label in GUIDES:
             for seed in range(args.seeds):
-                result = run(task, label, args.steps, checkpoints, seed)
-                results.append(result)
-                last = result["record"][-1]
-                print(
-                    f"{task:10s} {label:30s} seed {seed} {result['step_ms']:6.2f} ms/step  "
-                    f"SW {last[2]:.3f} after {last[1]:.1f} s",
-                    flush=True,
-                )
-    text = report(results, args, floors)
-    return publish(text, args)
+                results.append(run(task, label, args.steps, checkpoints, seed))
+                show(f"{task:10s} {label:30s} seed {seed}", results[-1])
+    return publish(report(results, args, floors), args)
 
 
 if __name__ == "__main__":

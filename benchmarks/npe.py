@@ -41,16 +41,13 @@ References:
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import DOCS, machine, publish, reproduce
+from common import arguments, benchmark, heading, machine, reproduce
 from torch import Tensor
 
 from condgen.evaluate import TwoMoons, c2st
@@ -91,6 +88,12 @@ def train_sbi(
     torch.manual_seed(seed)
     prior = BoxUniform(-torch.ones(2), torch.ones(2))
     inference = SbiNPE(prior=prior, density_estimator=estimator, show_progress_bars=False)
+    return sbi_trained(inference, simulations)
+
+
+def sbi_trained(inference, simulations: dict[str, Tensor]) -> tuple[Callable, float, int]:
+    r"""Trains an sbi inference object (NPE, FMPE, NPSE) on the simulations with its defaults:
+    its posterior's sampler, the seconds of training and the epochs trained."""
     inference.append_simulations(simulations["theta"], simulations["x"])
     start = time.perf_counter()
     inference.train()
@@ -241,22 +244,11 @@ simulations are shared and not timed), one torch thread.
 
 def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> str:
     r"""The Markdown section: machine, date, command, protocol and tables."""
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = reproduce("npe.py", args.argv)
     defaults = NPE(TwoMoons().model, observed=["x"])
     return "\n".join(
         [
-            f"## {SECTION}",
-            "",
-            f"Run on {date}: {machine_line}.",
-            "",
-            "Reproduce (from the repository root):",
-            "",
-            "```bash",
-            "pip install sbi",
-            command.strip(),
-            "```",
-            "",
+            *heading(SECTION, machine_line, "pip install sbi", command),
             PROTOCOL.replace("<observations>", str(args.observations))
             .replace("<last>", str(args.observations - 1))
             .rstrip(),
@@ -287,7 +279,7 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
     )
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     r"""Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1_000, 10_000])
@@ -297,31 +289,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--peers", nargs="*", default=["nsf", "maf"], help="sbi density estimators"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--quick", action="store_true", help="smoke run")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:
-        args.budgets, args.seeds, args.draws, args.observations = [1_000], 1, 1_000, 3
-    if args.output is None and not args.quick:
-        args.output = DOCS
-    return args
+    small = {"budgets": [1_000], "seeds": 1, "draws": 1_000, "observations": 3}
+    return arguments(parser, argv, lambda _: small, threads=1)
 
 
 def main(argv: list[str] | None = None) -> str:
     r"""Runs the benchmark, prints the report and writes it (unless ``--quick`` without
     ``--output``, or ``--no-write``)."""
-    args = parse(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    start = time.perf_counter()
-    machine_line = _machine()  # at the start: the commit that runs
-    print(f"machine: {machine_line}")
-    records = run(args.budgets, args.seeds, args.draws, args.observations, args.peers)
-    text = report(records, args, machine_line)
-    return publish(text, args, start)
+    return benchmark(
+        parse(argv),
+        lambda args: run(args.budgets, args.seeds, args.draws, args.observations, args.peers),
+        report,
+        _machine,
+    )
 
 
 if __name__ == "__main__":

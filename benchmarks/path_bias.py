@@ -31,7 +31,7 @@ import statistics
 import warnings
 
 import torch
-from common import DOCS, machine, write_section
+from common import arguments, machine, publish
 from torch import Tensor
 
 import condgen as cg
@@ -160,12 +160,11 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=100_000, help="draws per cell (part 1)")
     parser.add_argument("--problems", type=int, default=10, help="problems (part 2)")
     parser.add_argument("--repeats", type=int, default=5, help="smc runs per problem (part 2)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="smoke run, printed only")
-    args = parser.parse_args()
+    small = {"seeds": 1, "draws": 2000, "problems": 2, "repeats": 2}
+    args = arguments(
+        parser, None, lambda _: small, quick_help="smoke run, printed only", threads=2
+    )
     torch.set_num_threads(args.threads)
-    if args.quick:
-        args.seeds, args.draws, args.problems, args.repeats = 1, 2000, 2, 2
     steps = [25, 50, 100, 200, 400] if not args.quick else [25, 50]
     print("Part 1: the prior's mode masses")
     part1 = prior_table(list(range(args.seeds)), steps, args.draws)
@@ -203,9 +202,7 @@ of 1000 exact draws; at 20000 particles one run, where the path's bias dominates
 
 {part2}
 """
-    print(report)
-    if not args.quick:
-        write_section(DOCS, report)
+    publish(report, args)
 
 
 if __name__ == "__main__":

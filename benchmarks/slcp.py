@@ -43,17 +43,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import DOCS, machine, publish, reproduce
+from common import arguments, benchmark, quiet_condition, reproduce
 from torch import Tensor
 
-import condgen as cg
 from condgen.evaluate import SLCP
 
 SECTION = "SLCP against sbibm's reference posterior"
@@ -87,14 +83,9 @@ def sbibm_c2st(reference: Tensor, draws: Tensor, seed: int = 1, folds: int = 5) 
 
 def run(task: SLCP, method: str, num_samples: int, seed: int, options: dict) -> dict:
     r"""Conditions the task's model with ``method`` and scores the draws."""
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = cg.condition(
-            task.model, task.data, method=method, num_samples=num_samples, seed=seed,
-            progress=False, **options,
-        )  # fmt: skip
-    seconds = time.perf_counter() - start
+    post, seconds = quiet_condition(
+        task.model, task.data, method, num_samples=num_samples, seed=seed, **options
+    )
     torch.manual_seed(seed)  # the systematic resampling's uniform
     draws = post.resample(num_samples).flatten()["theta"]
     reference = task.reference_samples(num_samples)["theta"]
@@ -150,35 +141,8 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
     return "\n".join(lines)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    r"""Command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3], help="1-10")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--samples", type=int, default=10_000, help="draws per run, at most 1e4")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup", type=int, default=None, help="NUTS warm-up steps")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--output", type=Path, default=None, help=f"default {DOCS}")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--quick", action="store_true", help="smoke run (printed only)")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.quick:
-        args.observations, args.samples, args.warmup = args.observations[:1], 400, 50
-    if args.output is None and not args.quick:
-        args.output = DOCS
-    return args
-
-
-def main(argv: list[str] | None = None) -> str:
-    r"""Runs the benchmark, prints the report and writes it (unless ``--quick`` without
-    ``--output``, or ``--no-write``)."""
-    args = parse(sys.argv[1:] if argv is None else argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    machine_line = machine()  # at the start: the commit that runs
-    print(f"machine: {machine_line}")
+def measure(args: argparse.Namespace) -> list[dict]:
+    r"""Runs each method on each observation; one record each, printed as it ends."""
     records = []
     for observation in args.observations:
         task = SLCP(observation=observation)
@@ -191,8 +155,28 @@ def main(argv: list[str] | None = None) -> str:
             result = run(task, method, args.samples, args.seed, options)
             records.append({"observation": observation, "method": method, **result})
             print(records[-1], flush=True)
-    text = report(records, args, machine_line)
-    return publish(text, args, start)
+    return records
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    r"""Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3], help="1-10")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--samples", type=int, default=10_000, help="draws per run, at most 1e4")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=None, help="NUTS warm-up steps")
+
+    def small(args: argparse.Namespace) -> dict:
+        return {"observations": args.observations[:1], "samples": 400, "warmup": 50}
+
+    return arguments(parser, argv, small, quick_help="smoke run (printed only)", threads=1)
+
+
+def main(argv: list[str] | None = None) -> str:
+    r"""Runs the benchmark, prints the report and writes it (unless ``--quick`` without
+    ``--output``, or ``--no-write``)."""
+    return benchmark(parse(argv), measure, report)
 
 
 if __name__ == "__main__":
