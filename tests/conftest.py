@@ -116,3 +116,31 @@ def digits_vae(binary_digits) -> SimpleNamespace:
 
     train, test = binary_digits
     return SimpleNamespace(train=train, test=test, latent=latent, decoder=decoder, model=model)
+
+
+def _two_moons_scores(estimator, method: str) -> list[float]:
+    r"""C2ST of a trained two-moons estimator's draws (1000, through ``condition``) against
+    exact posterior draws (1000) at the standard observation (0, 0) and two simulated ones;
+    asserts that every draw lies in the prior's support."""
+    from condgen import condition
+    from condgen.evaluate import TwoMoons, c2st
+
+    scores = []
+    tasks = [TwoMoons()] + [TwoMoons(seed=k, observation="simulated") for k in (4, 6)]
+    for i, task in enumerate(tasks):
+        reference = task.reference_samples(1000, seed=100 + i)["theta"]
+        post = condition(
+            task.model, task.data, method=method, estimator=estimator, num_samples=1000,
+            seed=i, progress=False,
+        )  # fmt: skip
+        draws = post.samples["theta"][0]
+        assert ((draws > -1) & (draws < 1)).all()  # no leakage out of the prior's support
+        scores.append(float(c2st(draws, reference)))
+    return scores
+
+
+@pytest.fixture
+def two_moons_scores():
+    r"""The C2ST scores of a two-moons estimator on three observations (see
+    :func:`_two_moons_scores`)."""
+    return _two_moons_scores
