@@ -311,6 +311,43 @@ class DiffusionPrior(PathPrior):
         self.prediction = prediction
         self.context = context
 
+    @classmethod
+    def from_diffusers(
+        cls,
+        unet: nn.Module,
+        scheduler: Any,
+        event_shape: torch.Size | tuple[int, ...] | None = None,
+        **options: Any,
+    ) -> DiffusionPrior:
+        r"""A pretrained diffusers model as a prior (needs ``pip install condgen[diffusers]``).
+
+        The scheduler's ``alphas_cumprod`` becomes a
+        :class:`~condgen.priors.diffusers.DiscreteSchedule` (the log-SNR interpolated between
+        timesteps, :math:`t = \tau / (T - 1)`) and the UNet a
+        :class:`~condgen.priors.diffusers.DiffusersDenoiser` that reads its
+        ``prediction_type`` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``). On the integer
+        timesteps of the scheduler's grid, condgen's DDIM is diffusers' DDIM.
+
+        Arguments:
+            unet: The network, called as ``unet(x, timestep).sample``.
+            scheduler: The diffusers scheduler it was trained with (e.g. ``DDPMScheduler``).
+            event_shape: The shape of one draw; by default ``[C, H, W]`` from ``unet.config``
+                (``in_channels``, ``sample_size``).
+            options: Keyword options of :class:`DiffusionPrior` (``sampler``, ``steps``...).
+
+        Example:
+            >>> from diffusers import DDPMScheduler, UNet2DModel  # doctest: +SKIP
+            >>> name = "google/ddpm-cifar10-32"  # doctest: +SKIP
+            >>> unet = UNet2DModel.from_pretrained(name)  # doctest: +SKIP
+            >>> scheduler = DDPMScheduler.from_pretrained(name)  # doctest: +SKIP
+            >>> prior = DiffusionPrior.from_diffusers(unet, scheduler, steps=50)  # doctest: +SKIP
+            >>> prior.event_shape  # doctest: +SKIP
+            torch.Size([3, 32, 32])
+        """
+        from .diffusers import from_diffusers
+
+        return from_diffusers(unet, scheduler, event_shape, **options)
+
     def _encode(self) -> tuple[dict, dict]:
         config, state = network_config(self)
         config["schedule"] = schedule_config(self.schedule)
