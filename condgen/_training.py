@@ -1,27 +1,44 @@
 r"""The one training loop of condgen: path priors, flow priors and the amortized estimators
 all train through :class:`Trainer`.
 
-A low-level module (it imports nothing of condgen but :mod:`condgen._optim`).
+A low-level module (it imports nothing of condgen but :mod:`condgen._optim` and
+:mod:`condgen._format`).
 """
 
 from __future__ import annotations
 
-__all__ = ["VALIDATION_SEED", "History", "Trainer", "shuffled", "with_replacement"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "VALIDATION_SEED",
+    "History",
+    "Trainer",
+    "fingerprint",
+    "shuffled",
+    "with_replacement",
+]
 
 import copy
+import dataclasses
+import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from . import _format
 from ._optim import adamw
 
 VALIDATION_SEED = 0
 r"""The seed of the generator that draws the validation loss's noise, anew at every epoch."""
+
+CHECKPOINT_FORMAT = "condgen-checkpoint"
+r"""The format of the checkpoints of :meth:`Trainer.fit` (:mod:`condgen._format`)."""
 
 Loss = Callable[[Tensor, torch.Generator | None], Tensor]
 r"""The mean loss of the training items at some indices, drawing its noise (if any) from the
@@ -125,7 +142,7 @@ class Trainer:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
         self.lr, self.clip, self.ema, self.label = lr, clip or 0.0, ema, label
-        self.warmup = warmup
+        self.warmup, self.weight_decay = warmup, weight_decay
         self.optimizer = adamw(self.parameters, lr=lr, weight_decay=weight_decay)
         self.averages = [p.detach().clone() for p in self.parameters] if ema > 0 else None
         self.count = 0
@@ -177,9 +194,24 @@ class Trainer:
         lr_decay: float = 1.0,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        every: int | None = None,
+        identity: Mapping[str, Any] | None = None,
     ) -> History:
         r"""Trains for ``epochs`` epochs, each over the minibatches of indices that
         ``batches()`` yields (see :func:`with_replacement` and :func:`shuffled`).
+
+        With ``checkpoint``, the fit is resumable: every ``every`` steps (a fit of one epoch)
+        or epochs (a fit of several), and at the end, it writes the whole state of the loop
+        atomically to that file in condgen's file format (:mod:`condgen._format`): the raw
+        and averaged weights, the optimiser's and the learning-rate decay's states, the
+        torch CPU random state and that of ``generator``, the counters, the early-stopping
+        state with its best weights, and the history so far. A call that finds the file
+        goes on from there and ends with the weights and history of an uninterrupted fit;
+        when the file says that the fit finished, the call loads its final weights and
+        returns its history at once. A file written by a fit of another module,
+        configuration, data or ``identity`` raises a :class:`ValueError` naming
+        ``checkpoint``.
 
         Arguments:
             loss: The mean loss ``loss(indices, generator)`` of the items at ``indices``.
@@ -192,39 +224,66 @@ class Trainer:
             generator: The generator of the training losses' noise (None: the global one).
             progress: Whether to show a progress bar (over epochs, or over the steps of a
                 single epoch).
+            checkpoint: The file to resume from and to write checkpoints to (None: none).
+            every: The steps (a fit of one epoch) or epochs (a fit of several) between
+                checkpoints; None: 100 steps or 1 epoch.
+            identity: Plain data (see :func:`fingerprint`) that a resumed fit must share
+                with the one that wrote the checkpoint, beside the module's parameters and
+                the trainer's options: the caller's configuration and data.
 
         Returns:
             The losses of every step and epoch.
         """
-        history = History()
+        per_step = epochs == 1
         scheduler = None
         if validation is not None and patience is not None and lr_decay < 1:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, factor=lr_decay, patience=max(1, patience // 4), threshold=0.0
             )
-        best, best_state, waited = math.inf, None, 0
-        per_step = epochs == 1
+        loop = _Loop()
+        resumable = None
+        if checkpoint is not None:
+            every = every if every is not None else 100 if per_step else 1
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ValueError(f"every must be a positive integer, got {every!r}")
+            options = {"epochs": epochs, "patience": patience, "lr_decay": lr_decay}
+            options |= {"validation": None if validation is None else fingerprint(validation)}
+            options |= {"generator": generator is not None, **(identity or {})}
+            resumable = _Checkpoint(checkpoint, self._identity(options), scheduler, generator)
+            if resumable.resume(self, loop):
+                return loop.history
+        history = loop.history
         was_training = self.module.training
         bar = tqdm(total=None if per_step else epochs, desc=self.label, disable=not progress)
+        bar.update(loop.step if per_step else loop.epoch)
         try:
-            for _ in range(epochs):
+            while loop.epoch < epochs:
                 self.module.train()
-                total = count = 0
-                for indices in batches():
+                if loop.step == 0:
+                    loop.epoch_random = _random_state(generator)
+                for indices in _remaining(batches, loop, generator):
                     value = self.step(loss(indices, generator))
                     history.steps.append(value)
-                    total, count = total + value * len(indices), count + len(indices)
+                    loop.total += value * len(indices)
+                    loop.count += len(indices)
+                    loop.step += 1
                     if per_step:
                         bar.update()
                         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                history.epochs.append(total / max(count, 1))
+                        if resumable is not None and loop.step % every == 0:
+                            resumable.write(self, loop)
+                history.epochs.append(loop.total / max(loop.count, 1))
+                loop.epoch, loop.step, loop.total, loop.count = loop.epoch + 1, 0, 0.0, 0
                 if validation is not None:
                     with self.averaged():
                         value = self._validate(loss, validation)
-                        if value < best:
-                            best_state = copy.deepcopy(self.module.state_dict())
+                        if value < loop.best:
+                            loop.best_state = copy.deepcopy(self.module.state_dict())
                     history.validation.append(value)
-                    best, waited = (value, 0) if value < best else (best, waited + 1)
+                    if value < loop.best:
+                        loop.best, loop.waited = value, 0
+                    else:
+                        loop.waited += 1
                     if scheduler is not None:
                         scheduler.step(value)
                 if not per_step:
@@ -233,17 +292,33 @@ class Trainer:
                     if history.validation:
                         postfix["valid"] = f"{history.validation[-1]:.3f}"
                     bar.set_postfix(postfix, refresh=False)
-                if patience is not None and waited >= patience:
+                if patience is not None and loop.waited >= patience:
                     break
+                if resumable is not None and not per_step and loop.epoch % every == 0:
+                    resumable.write(self, loop)
         finally:
             bar.close()
             self.module.train(was_training)
-        if best_state is not None:
-            self.module.load_state_dict(best_state)
+        if loop.best_state is not None:
+            self.module.load_state_dict(loop.best_state)
         elif self.averages is not None:
             with torch.no_grad():
                 torch._foreach_copy_(self.parameters, self.averages)
+        if resumable is not None:
+            resumable.write(self, loop, finished=True)
         return history
+
+    def _identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        r"""What a checkpoint's fit must share with this one: the module's parameters, the
+        trainer's options and ``options``, as plain data."""
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        parameters = [[names.get(id(p), ""), list(p.shape)] for p in self.parameters]
+        trainer = {"label": self.label, "module": type(self.module).__name__, "lr": self.lr}
+        trainer |= {"weight_decay": self.weight_decay, "clip": self.clip, "ema": self.ema}
+        trainer |= {"warmup": self.warmup, "parameters": parameters}
+        identity = _plain({**trainer, **options})
+        _format.check_plain(identity, "the fit's identity")
+        return identity
 
     def _validate(self, loss: Loss, validation: Tensor) -> float:
         r"""The mean loss of the module's weights on the validation items."""
@@ -252,6 +327,159 @@ class Trainer:
         with torch.no_grad():
             total = sum(loss(b, generator).item() * len(b) for b in validation.split(4096))
         return total / len(validation)
+
+
+@dataclass
+class _Loop:
+    r"""The counters and early-stopping state of :meth:`Trainer.fit`, which a checkpoint
+    holds."""
+
+    history: History = field(default_factory=History)
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the current epoch
+    total: float = 0.0  # the current epoch's summed loss
+    count: int = 0  # and its number of items
+    best: float = math.inf
+    waited: int = 0
+    best_state: dict[str, Tensor] | None = None
+    epoch_random: dict[str, Any] | None = None  # the random state at the epoch's start
+
+
+class _Checkpoint:
+    r"""Reads and writes the checkpoint file of one :meth:`Trainer.fit` call."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        identity: dict[str, Any],
+        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
+        generator: torch.Generator | None,
+    ):
+        self.path, self.identity = os.fspath(path), identity
+        self.scheduler, self.generator = scheduler, generator
+
+    def resume(self, trainer: Trainer, loop: _Loop) -> bool:
+        r"""Loads the checkpoint, if there is one, into ``trainer`` and ``loop``; returns
+        whether it holds a finished fit (whose final weights the module then has)."""
+        if not os.path.exists(self.path):
+            return False
+        document = _format.read(
+            self.path, CHECKPOINT_FORMAT, 1, "condgen checkpoint", "fit(..., checkpoint=path)"
+        )
+        found = _plain(document["config"])
+        for key in sorted(set(found) | set(self.identity)):
+            if found.get(key) != self.identity.get(key):
+                theirs, ours = _short(found.get(key)), _short(self.identity.get(key))
+                raise ValueError(
+                    f"checkpoint={self.path!r} was written by another fit ({key} is {theirs} "
+                    f"there, {ours} here): pass another checkpoint path, or delete the file "
+                    f"to start anew"
+                )
+        state = document["trainer"]
+        trainer.module.load_state_dict(document["state_dict"])
+        loop.history = History(**state["history"])
+        if state["finished"]:
+            return True
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.averages is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(trainer.averages, list(state["averages"]))
+        trainer.count = state["count"]
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for name, value in state["loop"].items():
+            setattr(loop, name, value)
+        _set_random_state(state["random"], self.generator)
+        return False
+
+    def write(self, trainer: Trainer, loop: _Loop, finished: bool = False) -> None:
+        r"""Writes the state of the fit (only its weights and history once ``finished``)."""
+        state: dict[str, Any] = {"finished": finished}
+        state["history"] = dataclasses.asdict(loop.history)
+        if not finished:
+            state["optimizer"] = trainer.optimizer.state_dict()
+            state["averages"] = trainer.averages
+            state["count"] = trainer.count
+            state["scheduler"] = None if self.scheduler is None else self.scheduler.state_dict()
+            state["loop"] = {
+                f.name: getattr(loop, f.name)
+                for f in dataclasses.fields(loop)
+                if f.name != "history"
+            }
+            state["random"] = _random_state(self.generator)
+        _format.write(
+            self.path,
+            CHECKPOINT_FORMAT,
+            1,
+            self.identity,
+            trainer.module.state_dict(),
+            trainer=state,
+        )
+
+
+def _random_state(generator: torch.Generator | None) -> dict[str, Any]:
+    r"""The states of the torch CPU generator, of ``generator`` and (once initialised) of
+    the CUDA generators."""
+    state = {"torch": torch.get_rng_state(), "cuda": None, "generator": None}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def _set_random_state(state: Mapping[str, Any], generator: torch.Generator | None) -> None:
+    r"""Restores what :func:`_random_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+
+
+def _remaining(
+    batches: Callable[[], Iterable[Tensor]], loop: _Loop, generator: torch.Generator | None
+) -> Iterator[Tensor]:
+    r"""The minibatches of the current epoch after its first ``loop.step``: the epoch's
+    batches are made from the random state of its start, those done are skipped, and the
+    random state goes back to that of the checkpoint."""
+    if loop.step == 0:
+        return iter(batches())
+    current = _random_state(generator)
+    _set_random_state(loop.epoch_random, generator)
+    iterator = iter(batches())
+    for _ in range(loop.step):
+        next(iterator)
+    _set_random_state(current, generator)
+    return iterator
+
+
+def fingerprint(*tensors: Tensor | None) -> str:
+    r"""A SHA-256 digest of tensors' shapes, dtypes and values, for the ``identity`` of
+    :meth:`Trainer.fit`."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is None:
+            digest.update(b"none;")
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    r"""``value`` with its tuples made lists, as a checkpoint's configuration is compared."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _clip_grad_norm(parameters: list[Tensor], max_norm: float) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._random import seeded
-from .._training import Trainer, shuffled
+from .._training import Trainer, fingerprint, shuffled
 from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
 from .sites import embedding_features, flatten_observations, observation
@@ -237,6 +237,8 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         clip: float | None = None,
         progress: bool = True,
         seed: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        every: int | None = None,
     ) -> list[float]:
         r"""Simulates the model and trains the network on the simulations, with early stopping.
 
@@ -269,6 +271,12 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             seed: Seeds the simulations, the split, the minibatches and the loss's noise (the
                 initial weights are drawn when the estimator is made); the global random state
                 is left alone.
+            checkpoint: A file that makes the fit resumable: every ``every`` epochs and at the
+                end the whole training state is written to it atomically, and a call with the
+                same arguments that finds it goes on from there (or, once finished, returns
+                the stored losses at once). Resuming needs the same simulations: pass ``seed``
+                or ``simulations``. A file of another fit raises a ValueError.
+            every: The epochs between checkpoints (None: 1).
 
         Returns:
             The mean training loss of each epoch (also in :attr:`training_losses`; the
@@ -294,6 +302,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 self, lr=options["lr"], clip=options["clip"], ema=options["ema"], warmup=False,
                 label=self.label,
             )  # fmt: skip
+            identity = None if checkpoint is None else {**options, "data": fingerprint(theta, x)}
             history = trainer.fit(
                 lambda i, generator: self._objective(theta[i], x[i], generator),
                 shuffled(rest, min(options["batch_size"], len(rest))),
@@ -302,6 +311,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 patience=options["patience"],
                 lr_decay=options["lr_decay"],
                 progress=progress,
+                checkpoint=checkpoint,
+                every=every,
+                identity=identity,
             )
         self.num_simulations.fill_(int(self.num_simulations) + len(theta))
         self.training_losses += history.epochs

@@ -6,13 +6,14 @@ from __future__ import annotations
 __all__ = ["FLOW_CLASSES", "FlowPrior", "flow_from_config"]
 
 import copy
+import os
 from typing import Any
 
 import torch
 import zuko
 from torch import Tensor, nn
 
-from .._training import Trainer, with_replacement
+from .._training import Trainer, fingerprint, with_replacement
 from .base import Prior
 from .encoding import context_state, module_entry, prefixed
 from .nets import activation_class
@@ -275,6 +276,8 @@ class FlowPrior(Prior):
         weight_decay: float = 0.0,
         clip: float | None = 1.0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        every: int | None = None,
     ) -> list[float]:
         r"""Trains the flow by maximum likelihood, minimising the negative log-likelihood
         :math:`-\frac1B \sum_{i \in \text{batch}} \log p_\phi(x_i \mid c_i)` with AdamW on
@@ -290,6 +293,9 @@ class FlowPrior(Prior):
             weight_decay: AdamW's decoupled weight decay.
             clip: The maximum gradient norm, or None for no clipping.
             progress: Whether to show a progress bar with the loss.
+            checkpoint: A file that makes the fit resumable (see
+                :func:`~condgen.priors.training.fit_path_prior`).
+            every: The steps between checkpoints (None: 100).
 
         Returns:
             The loss (mean negative log-likelihood) at every step.
@@ -339,7 +345,17 @@ class FlowPrior(Prior):
         )
         batches = with_replacement(len(data), min(batch_size, len(data)), steps, None, data.device)
         self.flow.eval()  # the mode the trainer restores
-        return trainer.fit(loss, batches, progress=progress).steps
+        identity = None
+        if checkpoint is not None:
+            identity = {
+                "steps": steps,
+                "batch_size": batch_size,
+                "data": fingerprint(data, context),
+            }
+        history = trainer.fit(
+            loss, batches, progress=progress, checkpoint=checkpoint, every=every, identity=identity
+        )
+        return history.steps
 
     def __repr__(self) -> str:
         config = self.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["SNR_CLIP", "fit_path_prior", "path_loss"]
 
 import inspect
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from .._training import Trainer, with_replacement
+from .._training import Trainer, fingerprint, with_replacement
 from .schedules import Schedule
 
 SNR_CLIP = 100.0
@@ -98,6 +99,8 @@ def fit_path_prior(
     clip: float | None = 1.0,
     progress: bool = True,
     generator: torch.Generator | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    every: int | None = None,
 ) -> list[float]:
     r"""Trains the network of a path prior on samples of the data distribution.
 
@@ -156,6 +159,11 @@ def fit_path_prior(
         clip: The maximum gradient norm; None does not clip.
         progress: Whether to show a progress bar with the loss.
         generator: A random generator on the device of ``data``, for reproducible training.
+        checkpoint: A file that makes the fit resumable: every ``every`` steps and at the end
+            the whole training state is written to it atomically, and a call with the same
+            arguments that finds it goes on from there (or, once finished, returns the stored
+            losses at once). A file of another fit raises a ValueError.
+        every: The steps between checkpoints (None: 100).
 
     Returns:
         The loss of every step.
@@ -255,4 +263,18 @@ def fit_path_prior(
 
     trainer = Trainer(network, lr=lr, weight_decay=weight_decay, clip=clip, ema=ema, label="fit")
     batches = with_replacement(len(data), batch_size, steps, generator, device)
-    return trainer.fit(loss, batches, generator=generator, progress=progress).steps
+    identity = None
+    if checkpoint is not None:
+        identity = {"steps": steps, "batch_size": batch_size, "prediction": prediction}
+        identity |= {"context_dropout": context_dropout, "schedule": repr(schedule)}
+        identity |= {"data": fingerprint(data, context)}
+    history = trainer.fit(
+        loss,
+        batches,
+        generator=generator,
+        progress=progress,
+        checkpoint=checkpoint,
+        every=every,
+        identity=identity,
+    )
+    return history.steps
