@@ -139,11 +139,12 @@ def test_design_layout_imports(module):
 
 # The layers of the package, lowest first: a module may import modules of its own part and of
 # lower layers only. The private low-level modules import no other part of condgen (but
-# ``_training`` uses ``_optim``); the Problem and the priors know nothing of inference; the
-# likelihoods and the Posterior sit on the Problem, the diagnostics on the Posterior; guides
-# and amortized estimators are built from priors and problems; methods use all of these;
-# ``condition`` picks a method; evaluation, the public re-exports of ``condgen.infer`` and the
-# command line sit on top, and the package's ``__init__`` above everything.
+# ``_training`` uses ``_optim`` and ``_format``); the Problem and the priors know nothing of
+# inference; the likelihoods and the Posterior sit on the Problem, the diagnostics on the
+# Posterior; guides and amortized estimators are built from priors and problems; methods use
+# all of these; ``condition`` picks a method; evaluation, the public re-exports of
+# ``condgen.infer`` and the command line sit on top, and the package's ``__init__`` above
+# everything.
 LAYERS = [
     [
         "condgen._checks",

@@ -4,7 +4,7 @@ denoiser (the optional extra ``pip install condgen[diffusers]``)."""
 
 from __future__ import annotations
 
-__all__ = ["DiffusersDenoiser", "DiscreteSchedule", "from_diffusers"]
+__all__ = ["DiffusersDenoiser", "DiscreteSchedule", "diffusers_parts"]
 
 from collections.abc import Sequence
 from typing import Any
@@ -164,17 +164,15 @@ class DiffusersDenoiser(nn.Module):
         return alpha * x_t - sigma * output
 
 
-def from_diffusers(
+def diffusers_parts(
     unet: nn.Module,
     scheduler: Any,
     event_shape: torch.Size | tuple[int, ...] | None = None,
-    **options: Any,
-):
-    r"""A :class:`~condgen.priors.DiffusionPrior` from a diffusers UNet and the scheduler it was
-    trained with; see :meth:`~condgen.priors.DiffusionPrior.from_diffusers`."""
+) -> tuple[DiffusersDenoiser, DiscreteSchedule, tuple[int, ...]]:
+    r"""The denoiser, schedule and event shape of a diffusers UNet and the scheduler it was
+    trained with, from which :meth:`~condgen.priors.DiffusionPrior.from_diffusers` builds the
+    prior."""
     _require_diffusers()
-    from .path import DiffusionPrior
-
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
         raise ValueError(
@@ -189,4 +187,4 @@ def from_diffusers(
     schedule = DiscreteSchedule(alphas_cumprod)
     prediction_type = scheduler.config.prediction_type
     denoiser = DiffusersDenoiser(unet, schedule, prediction_type, event_dim=len(event_shape))
-    return DiffusionPrior(denoiser, schedule, event_shape, prediction="denoiser", **options)
+    return denoiser, schedule, tuple(event_shape)

@@ -344,9 +344,10 @@ class DiffusionPrior(PathPrior):
             >>> prior.event_shape  # doctest: +SKIP
             torch.Size([3, 32, 32])
         """
-        from .diffusers import from_diffusers
+        from .diffusers import diffusers_parts
 
-        return from_diffusers(unet, scheduler, event_shape, **options)
+        denoiser, schedule, event_shape = diffusers_parts(unet, scheduler, event_shape)
+        return cls(denoiser, schedule, event_shape, prediction="denoiser", **options)
 
     def _encode(self) -> tuple[dict, dict]:
         config, state = network_config(self)
