@@ -22,12 +22,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import zuko
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import condgen
 from condgen._training import Trainer, shuffled
 from condgen.amortized import NPE
-from condgen.priors import MLP, DiffusionPrior
+from condgen.priors import MLP, DiffusionPrior, FlowPrior
 
 STEPS, EVERY, STOP = 60, 10, 35  # the prior's steps, its checkpoints, where the child blocks
 NPE_STOP = 65  # an optimiser step in the NPE's 6th epoch (12 steps each), after 5 checkpoints
@@ -48,6 +49,18 @@ def _prior_fit(
         generator=torch.Generator().manual_seed(3) if generator else None,
     )  # fmt: skip
     return prior.network, losses
+
+
+def _flow_fit(checkpoint: str | None) -> tuple[torch.nn.Module, list[float]]:
+    r"""A small flow prior, fitted by maximum likelihood from a seed (minibatches from the
+    global generator)."""
+    torch.manual_seed(0)
+    data = torch.randn(256, 2) @ torch.tensor([[1.0, 0.5], [0.0, 0.5]])
+    prior = FlowPrior(zuko.flows.MAF(2, transforms=2, hidden_features=(16,)))
+    losses = prior.fit(
+        data, steps=STEPS, batch_size=32, progress=False, checkpoint=checkpoint, every=EVERY
+    )
+    return prior.flow, losses
 
 
 def _model() -> None:
@@ -71,6 +84,7 @@ def _npe_fit(checkpoint: str | None) -> tuple[torch.nn.Module, list[float]]:
 FITS = {
     "prior": (_prior_fit, STOP),
     "prior-generator": (partial(_prior_fit, generator=True), STOP),
+    "flow": (_flow_fit, STOP),
     "npe": (_npe_fit, NPE_STOP),
 }
 
