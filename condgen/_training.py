@@ -1,6 +1,11 @@
 r"""The one training loop of condgen: path priors, flow priors and the amortized estimators
 all train through :class:`Trainer`.
 
+Under ``torchrun --nproc_per_node=K`` (or in any initialised :mod:`torch.distributed` process
+group) the trainer is data-parallel: every rank draws the same global minibatches and loss
+noise, takes a contiguous shard of each, and the gradients and losses are averaged over the
+ranks, so that the fit equals that of one process.
+
 A low-level module (it imports nothing of condgen but :mod:`condgen._optim` and
 :mod:`condgen._format`).
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "CHECKPOINT_FORMAT",
     "VALIDATION_SEED",
+    "WHOLE",
     "History",
     "Trainer",
     "fingerprint",
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -40,9 +47,15 @@ r"""The seed of the generator that draws the validation loss's noise, anew at ev
 CHECKPOINT_FORMAT = "condgen-checkpoint"
 r"""The format of the checkpoints of :meth:`Trainer.fit` (:mod:`condgen._format`)."""
 
-Loss = Callable[[Tensor, torch.Generator | None], Tensor]
-r"""The mean loss of the training items at some indices, drawing its noise (if any) from the
-generator when one is given."""
+WHOLE = slice(None)
+r"""The shard of a minibatch that a single process takes: all of it (see :data:`Loss`)."""
+
+Loss = Callable[..., Tensor]
+r"""``loss(indices, generator)``: the mean loss of the training items at ``indices``, drawing
+its noise (if any) from the generator when one is given. In a data-parallel fit it is called
+as ``loss(indices, generator, shard)`` with the global minibatch's ``indices`` and a slice:
+the mean loss of the items ``indices[shard]``, with the noise drawn for all of ``indices``
+and then sliced, so that the ranks' noise together is that of one process."""
 
 
 @dataclass
@@ -146,22 +159,28 @@ class Trainer:
         self.optimizer = adamw(self.parameters, lr=lr, weight_decay=weight_decay)
         self.averages = [p.detach().clone() for p in self.parameters] if ema > 0 else None
         self.count = 0
+        self.rank, self.world = 0, 1  # those of the process group, set by fit
 
-    def step(self, loss: Tensor) -> float:
+    def step(self, loss: Tensor, share: float | None = None) -> float:
         r"""One optimisation step on ``loss``; returns its value.
+
+        With ``share`` (a data-parallel fit), ``loss`` is the mean over this rank's shard,
+        which holds that fraction of the global minibatch: the gradients and the value are
+        the ``share``-weighted sums over the ranks, those of the global minibatch's mean.
 
         Raises:
             FloatingPointError: If the loss is NaN or infinite (the parameters keep the
                 weights of the step before).
         """
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"the {self.label} loss is {value} at step {self.count}: lower the learning "
-                f"rate (lr={self.lr}), clip gradients harder or standardise the data"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if share is None:
+            value = loss.item()
+            self._check_finite(value)
+            loss.backward()
+        else:
+            (loss * share).backward()
+            value = _all_reduce(self.parameters, loss.detach() * share)
+            self._check_finite(value)
         if self.clip > 0:
             _clip_grad_norm(self.parameters, self.clip)
         self.optimizer.step()
@@ -173,6 +192,13 @@ class Trainer:
                 torch._foreach_lerp_(self.averages, self.parameters, 1 - decay)
         self.count += 1
         return value
+
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the {self.label} loss is {value} at step {self.count}: lower the learning "
+                f"rate (lr={self.lr}), clip gradients harder or standardise the data"
+            )
 
     @contextmanager
     def averaged(self) -> Iterator[None]:
@@ -235,6 +261,7 @@ class Trainer:
             The losses of every step and epoch.
         """
         per_step = epochs == 1
+        self.rank, self.world = _process_group(self.parameters[0].device)
         scheduler = None
         if validation is not None and patience is not None and lr_decay < 1:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -250,11 +277,16 @@ class Trainer:
             options |= {"validation": None if validation is None else fingerprint(validation)}
             options |= {"generator": generator is not None, **(identity or {})}
             resumable = _Checkpoint(checkpoint, self._identity(options), scheduler, generator)
+            resumable.writes = self.rank == 0
             if resumable.resume(self, loop):
                 return loop.history
+        if self.world > 1:  # the ranks start from rank 0's weights, as DistributedDataParallel
+            for tensor in self.parameters + (self.averages or []):
+                dist.broadcast(tensor.data, 0)
         history = loop.history
         was_training = self.module.training
-        bar = tqdm(total=None if per_step else epochs, desc=self.label, disable=not progress)
+        shown = progress and self.rank == 0
+        bar = tqdm(total=None if per_step else epochs, desc=self.label, disable=not shown)
         bar.update(loop.step if per_step else loop.epoch)
         try:
             while loop.epoch < epochs:
@@ -262,7 +294,7 @@ class Trainer:
                 if loop.step == 0:
                     loop.epoch_random = _random_state(generator)
                 for indices in _remaining(batches, loop, generator):
-                    value = self.step(loss(indices, generator))
+                    value = self.step(*self._loss(loss, indices, generator))
                     history.steps.append(value)
                     loop.total += value * len(indices)
                     loop.count += len(indices)
@@ -320,13 +352,39 @@ class Trainer:
         _format.check_plain(identity, "the fit's identity")
         return identity
 
+    def _loss(
+        self, loss: Loss, indices: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, float | None]:
+        r"""The loss of this rank's shard of the minibatch ``indices`` and the shard's share
+        of it (None in a single process)."""
+        if self.world == 1:
+            return loss(indices, generator), None
+        if len(indices) < self.world:
+            raise ValueError(
+                f"{self.label}: a minibatch of {len(indices)} items cannot be shared by "
+                f"{self.world} ranks: use a batch_size (and training set) of at least "
+                f"{self.world} items"
+            )
+        shard = _shard(len(indices), self.rank, self.world)
+        return loss(indices, generator, shard), (shard.stop - shard.start) / len(indices)
+
     def _validate(self, loss: Loss, validation: Tensor) -> float:
-        r"""The mean loss of the module's weights on the validation items."""
+        r"""The mean loss of the module's weights on the validation items (each rank's
+        shard of every chunk, summed over the ranks)."""
         generator = torch.Generator(validation.device).manual_seed(VALIDATION_SEED)
         self.module.eval()
+        total = torch.zeros((), dtype=torch.float64, device=validation.device)
         with torch.no_grad():
-            total = sum(loss(b, generator).item() * len(b) for b in validation.split(4096))
-        return total / len(validation)
+            for chunk in validation.split(4096):
+                if self.world == 1:
+                    total += loss(chunk, generator).item() * len(chunk)
+                    continue
+                shard = _shard(len(chunk), self.rank, self.world)
+                if shard.stop > shard.start:  # an empty shard can only be the last chunk's
+                    total += loss(chunk, generator, shard).item() * (shard.stop - shard.start)
+        if self.world > 1:
+            dist.all_reduce(total)
+        return total.item() / len(validation)
 
 
 @dataclass
@@ -357,6 +415,7 @@ class _Checkpoint:
     ):
         self.path, self.identity = os.fspath(path), identity
         self.scheduler, self.generator = scheduler, generator
+        self.writes = True  # False on the ranks but the first of a data-parallel fit
 
     def resume(self, trainer: Trainer, loop: _Loop) -> bool:
         r"""Loads the checkpoint, if there is one, into ``trainer`` and ``loop``; returns
@@ -394,6 +453,8 @@ class _Checkpoint:
 
     def write(self, trainer: Trainer, loop: _Loop, finished: bool = False) -> None:
         r"""Writes the state of the fit (only its weights and history once ``finished``)."""
+        if not self.writes:
+            return
         state: dict[str, Any] = {"finished": finished}
         state["history"] = dataclasses.asdict(loop.history)
         if not finished:
@@ -452,6 +513,41 @@ def _remaining(
         next(iterator)
     _set_random_state(current, generator)
     return iterator
+
+
+def _process_group(device: torch.device) -> tuple[int, int]:
+    r"""This process's rank and the number of ranks: those of the initialised
+    :mod:`torch.distributed` process group, or of the one that the variables of ``torchrun``
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) describe, initialised here (NCCL for CUDA
+    parameters, else gloo); (0, 1) in a single process."""
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if not all(os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
+            return 0, 1
+        if int(os.environ["WORLD_SIZE"]) == 1:
+            return 0, 1
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _shard(size: int, rank: int, world: int) -> slice:
+    r"""The contiguous part of ``range(size)`` of rank ``rank`` of ``world``."""
+    return slice(size * rank // world, size * (rank + 1) // world)
+
+
+def _all_reduce(parameters: list[nn.Parameter], value: Tensor) -> float:
+    r"""Sums the parameters' gradients (zero where None) and ``value`` over the ranks, in one
+    all-reduce; returns the summed value."""
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [value.reshape(1).to(grads[0].dtype)])
+    dist.all_reduce(flat)
+    with torch.no_grad():
+        offset = 0
+        for p, g in zip(parameters, grads, strict=True):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+    return flat[-1].item()
 
 
 def fingerprint(*tensors: Tensor | None) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._random import seeded
-from .._training import Trainer, fingerprint, shuffled
+from .._training import WHOLE, Trainer, fingerprint, shuffled
 from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
 from .sites import embedding_features, flatten_observations, observation
@@ -135,9 +135,12 @@ class PosteriorEstimator(nn.Module, abc.ABC):
     # ------------------------------------------------------------------------------- hooks
 
     @abc.abstractmethod
-    def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
-        r"""The mean training loss of standardised latents ``u`` ``[B, K]`` given contexts
-        ``[B, C]``; random draws (if any) come from ``generator`` when it is given."""
+    def _loss(
+        self, u: Tensor, context: Tensor, generator: torch.Generator | None, shard: slice
+    ) -> Tensor:
+        r"""The mean training loss of the standardised latents ``u[shard]`` of a minibatch
+        ``u`` ``[B, K]`` given their contexts ``[len(u[shard]), C]``; random draws (if any)
+        are made for the whole minibatch, from ``generator`` when it is given, and sliced."""
 
     @abc.abstractmethod
     def _sample(self, context: Tensor, num_samples: int) -> Tensor:
@@ -304,7 +307,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             )  # fmt: skip
             identity = None if checkpoint is None else {**options, "data": fingerprint(theta, x)}
             history = trainer.fit(
-                lambda i, generator: self._objective(theta[i], x[i], generator),
+                lambda i, generator, shard=WHOLE: self._objective(
+                    theta[i], x[i], generator, shard
+                ),
                 shuffled(rest, min(options["batch_size"], len(rest))),
                 epochs=options["max_epochs"],
                 validation=valid,
@@ -328,10 +333,13 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             theta, _ = self._unconstrained.pack(simulations, self.latent_loc)
             return finite_simulations(theta, self._flat_observations(observations))
 
-    def _objective(self, theta: Tensor, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        r"""The loss of unconstrained latents and flat observations (standardised here)."""
+    def _objective(
+        self, theta: Tensor, x: Tensor, generator: torch.Generator | None, shard: slice = WHOLE
+    ) -> Tensor:
+        r"""The loss of the ``shard`` of a minibatch of unconstrained latents and flat
+        observations (standardised here)."""
         u = (theta - self.latent_loc) / self.latent_scale
-        return self._loss(u, self._embed(x), generator)
+        return self._loss(u, self._embed(x[shard]), generator, shard)
 
     # ---------------------------------------------------------------------------- inference
 

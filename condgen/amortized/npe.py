@@ -120,8 +120,10 @@ class NPE(PosteriorEstimator):
         )
         self.eval()
 
-    def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
-        return -self.flow(context).log_prob(u).mean()
+    def _loss(
+        self, u: Tensor, context: Tensor, generator: torch.Generator | None, shard: slice
+    ) -> Tensor:
+        return -self.flow(context).log_prob(u[shard]).mean()
 
     def _sample(self, context: Tensor, num_samples: int) -> Tensor:
         return self.flow(context).sample((num_samples,))

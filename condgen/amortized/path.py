@@ -120,14 +120,16 @@ class PathEstimator(PosteriorEstimator):
                 self._sample(self._embed(x), 1, generator)
         return self._nfe
 
-    def _loss(self, u: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _loss(
+        self, u: Tensor, context: Tensor, generator: torch.Generator | None, shard: slice
+    ) -> Tensor:
         schedule = self.prior.schedule
         options = {"generator": generator, "device": u.device, "dtype": u.dtype}
         t_min = max(schedule.t_min, 1e-5)
         t = t_min + (1 - t_min) * torch.rand(len(u), **options) ** self.time_power
         eps = torch.randn(u.shape, **options)
         network = partial(self.network, context=context)
-        return path_loss(schedule, self.prior.prediction, network, u, t, eps)
+        return path_loss(schedule, self.prior.prediction, network, u[shard], t[shard], eps[shard])
 
     def _sample(
         self, context: Tensor, num_samples: int, generator: torch.Generator | None = None

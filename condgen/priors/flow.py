@@ -13,7 +13,7 @@ import torch
 import zuko
 from torch import Tensor, nn
 
-from .._training import Trainer, fingerprint, with_replacement
+from .._training import WHOLE, Trainer, fingerprint, with_replacement
 from .base import Prior
 from .encoding import context_state, module_entry, prefixed
 from .nets import activation_class
@@ -336,7 +336,8 @@ class FlowPrior(Prior):
         if self.context is not None:
             self.context = self.context.to(data)
 
-        def loss(index: Tensor, generator: torch.Generator | None) -> Tensor:
+        def loss(index: Tensor, generator: torch.Generator | None, shard: slice = WHOLE) -> Tensor:
+            index = index[shard]
             c = None if context is None else context[index]
             return -self.flow(c).log_prob(data[index]).mean()
 

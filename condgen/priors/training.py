@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from .._training import Trainer, fingerprint, with_replacement
+from .._training import WHOLE, Trainer, fingerprint, with_replacement
 from .schedules import Schedule
 
 SNR_CLIP = 100.0
@@ -249,17 +249,19 @@ def fit_path_prior(
             outputs.append(network(x_t[kept:], t[kept:]))
         return torch.cat(outputs)
 
-    def loss(index: Tensor, generator: torch.Generator | None) -> Tensor:
+    def loss(index: Tensor, generator: torch.Generator | None, shard: slice = WHOLE) -> Tensor:
         options = {"generator": generator, "device": device, "dtype": dtype}
-        x = data[index]
-        t = t_min + (1 - t_min) * torch.rand(len(x), **options)
-        eps = torch.randn(x.shape, **options)
+        x = data[index[shard]]
+        t = t_min + (1 - t_min) * torch.rand(len(index), **options)
+        eps = torch.randn((len(index), *event_shape), **options)
         c = drop = None
         if context is not None:
-            c = context[index]
+            c = context[index[shard]]
             if context_dropout > 0:
-                drop = torch.rand(len(x), generator=generator, device=device) < context_dropout
-        return path_loss(schedule, prediction, partial(forward, c=c, drop=drop), x, t, eps)
+                drop = torch.rand(len(index), generator=generator, device=device) < context_dropout
+                drop = drop[shard]
+        network = partial(forward, c=c, drop=drop)
+        return path_loss(schedule, prediction, network, x, t[shard], eps[shard])
 
     trainer = Trainer(network, lr=lr, weight_decay=weight_decay, clip=clip, ema=ema, label="fit")
     batches = with_replacement(len(data), batch_size, steps, generator, device)
