@@ -64,11 +64,20 @@ class GaussianTwistKernel(SMCKernel):
         linear = setup.linear
         A = linear.A
         mean, eigenvalues, U = (v.to(A) for v in moments)
+        # In a plate of n iid copies of the prior the flattened site holds n events: its mean
+        # is the event's mean repeated, its covariance block-diagonal, kron(I_n, U) its
+        # eigenvectors; U is applied block by block rather than built.
+        n = setup.shape.numel() // len(mean)
+        mean, eigenvalues = mean.repeat(n), eigenvalues.repeat(n)
+
+        def rotate(M: Tensor, V: Tensor) -> Tensor:  # M @ kron(I_n, V)
+            return (M.unflatten(-1, (n, -1)) @ V).flatten(-2)
+
         # every time of the grid at once: H_t [K+1, m, d], y_t [K+1, m], chol S_t [K+1, m, m]
         alpha, sigma = self.alphas[:, None], self.sigmas[:, None]
         denominator = alpha**2 * eigenvalues + sigma**2
-        AU = A @ U
-        self.H = (AU * (alpha * eigenvalues / denominator).unsqueeze(-2)) @ U.T
+        AU = rotate(A, U)
+        self.H = rotate(AU * (alpha * eigenvalues / denominator).unsqueeze(-2), U.T)
         spread = (AU * (sigma**2 * eigenvalues / denominator).unsqueeze(-2)) @ AU.T
         self.chol_twist = stable_cholesky(torch.diag(linear.sigma.pow(2)) + spread)
         self.y = setup.y - linear.b - A @ mean + alpha * (self.H @ mean)
