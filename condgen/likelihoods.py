@@ -41,7 +41,11 @@ class LinearGaussian:
         self.sigma = self.sigma.expand(self.A.shape[0]).clone()
         if (self.sigma < 0).any():
             raise ValueError("sigma must be non-negative")
-        self.b = torch.zeros_like(self.A[:, 0]) if self.b is None else torch.as_tensor(self.b)
+        self.b = (
+            torch.zeros_like(self.A[:, 0])
+            if self.b is None
+            else torch.as_tensor(self.b, dtype=self.A.dtype, device=self.A.device)
+        )
 
     def to(self, reference: Tensor) -> LinearGaussian:
         r"""The same model on the device and dtype of ``reference``."""

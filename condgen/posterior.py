@@ -138,8 +138,11 @@ class Posterior:
         r"""The log-weight of every draw, chains merged: each draw's weight within its chain
         times its chain's weight (equal weights where there are none)."""
         shape = (self.num_chains, self.num_draws)
-        device = next(iter(self.samples.values())).device
-        log_w = torch.zeros(shape, device=device) if self.log_weights is None else self.log_weights
+        first = next(iter(self.samples.values()))
+        log_w = self.log_weights
+        if log_w is None:
+            dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+            log_w = torch.zeros(shape, dtype=dtype, device=first.device)
         if self.chain_log_weights is not None:
             log_w = log_w + self.chain_log_weights[:, None]
         return log_w.flatten()

@@ -245,8 +245,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
     ) -> list[float]:
         r"""Simulates the model and trains the network on the simulations, with early stopping.
 
-        The simulations are mapped to the standardised unconstrained space of the class
-        docstring; the standardisation (mean and standard deviation of the training
+        The estimator moves to the device and dtype of the simulations (those of the model's
+        latent sites). The simulations are mapped to the standardised unconstrained space of
+        the class docstring; the standardisation (mean and standard deviation of the training
         simulations) is fixed by the first call of :meth:`fit`, later calls refine the same
         estimator. A fraction ``validation_fraction`` is held out, and the network is trained
         by condgen's one trainer (``condgen._training.Trainer``, the loop of the priors too):
@@ -295,6 +296,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         options = training_options(self.fit_defaults, given, validation_fraction)
         if simulations is None:
             simulations = self.simulate(num_simulations, seed=seed)
+        self._follow(simulations)
         theta, x = self._training_data(simulations)
         with seeded(seed, theta.device):
             rest, valid = split(len(theta), validation_fraction, theta.device)
@@ -324,6 +326,14 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         self.training_losses += history.epochs
         self.validation_losses += history.validation
         return history.epochs
+
+    def _follow(self, simulations: Mapping[str, Tensor]) -> None:
+        r"""Moves the estimator (network, embedding and standardisation) to the device and
+        floating dtype of the simulations of the first latent site, so that it trains and
+        draws in the model's precision (float64 simulations give a float64 estimator)."""
+        reference = simulations.get(next(iter(self.latent_sites)))
+        if isinstance(reference, Tensor) and reference.is_floating_point():
+            self.to(device=reference.device, dtype=reference.dtype)
 
     def _training_data(self, simulations: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         r"""The finite simulations as unconstrained latents ``[N, K]``, flat observations

@@ -65,7 +65,8 @@ class ElementwiseAffine(LazyTransform):
     ) -> None:
         super().__init__()
         loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).reshape(features)
-        log_scale = torch.as_tensor(scale, dtype=loc.dtype).log().expand(features)
+        log_scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device).log()
+        log_scale = log_scale.expand(features)
         if context > 0:
             self.hyper = nn.Linear(context, 2 * features)
             with torch.no_grad():
@@ -123,7 +124,8 @@ class TrilAffine(LazyTransform):
     def __init__(self, features: int, loc: Tensor | None = None, scale: float | Tensor = 1.0):
         super().__init__()
         loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).reshape(features)
-        log_scale = torch.as_tensor(scale, dtype=loc.dtype).log().expand(features)
+        log_scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device).log()
+        log_scale = log_scale.expand(features)
         self.loc = nn.Parameter(loc.clone())
         self.log_scale = nn.Parameter(log_scale.clone())
         self.lower = nn.Parameter(torch.zeros(features, features, dtype=loc.dtype))

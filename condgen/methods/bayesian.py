@@ -237,10 +237,15 @@ class NUTS(Method):
         )
         mcmc.run()
         samples = mcmc.get_samples()
-        diverging = torch.zeros(draws, dtype=torch.bool)
+        diverging = torch.zeros(draws, dtype=torch.bool, device=problem.device)
         post_warmup = [i for i in kernel._divergences if 0 <= i < draws]
         diverging[post_warmup] = True
-        stats = {k: torch.tensor(v) for k, v in record.items()}
+        stats = {  # on the draws' device; lp and step_size in the model's dtype
+            k: torch.tensor(
+                v, dtype=None if k == "n_steps" else problem.dtype, device=problem.device
+            )
+            for k, v in record.items()
+        }
         stats["diverging"] = diverging
         values = {k: samples[k].reshape(draws, *s.shape) for k, s in problem.latent_sites.items()}
         return values, stats, kernel, counter.evaluations

@@ -258,8 +258,8 @@ class Gibbs(Method):
         return {
             "samples": samples,
             "sample_stats": {
-                "diverging": torch.tensor(record["diverging"]),
-                "path_updated": torch.tensor(record["path_updated"]),
+                "diverging": torch.tensor(record["diverging"], device=problem.device),
+                "path_updated": torch.tensor(record["path_updated"], device=problem.device),
             },
             "step_size": float(mcmc.step_size),
             "ess": ess / iterations,

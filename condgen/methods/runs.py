@@ -87,7 +87,9 @@ def pool_runs(
     """
     samples = {k: torch.stack([r.values[k] for r in runs]) for k in runs[0].values}
     log_weights = torch.stack([r.log_weights for r in runs])
-    log_z = torch.tensor([r.log_evidence for r in runs], dtype=log_weights.dtype)
+    log_z = torch.tensor(
+        [r.log_evidence for r in runs], dtype=log_weights.dtype, device=log_weights.device
+    )
     pooled, se = log_evidence(runs)
     per_run = {k: [r.stats[k] for r in runs] for k in runs[0].stats}
     stats = {

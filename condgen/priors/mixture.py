@@ -111,7 +111,9 @@ class GaussianMixturePrior(PathPrior):
         covariances, which is cheaper.)"""
         means, covs = self.means, self.covs
         if t is not None:
-            alpha, sigma = self.schedule(torch.as_tensor(t, dtype=means.dtype))
+            alpha, sigma = self.schedule(
+                torch.as_tensor(t, dtype=means.dtype, device=means.device)
+            )
             eye = torch.eye(means.shape[-1], dtype=means.dtype, device=means.device)
             means, covs = alpha * means, alpha**2 * covs + sigma**2 * eye
         return dist.MixtureSameFamily(
