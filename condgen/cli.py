@@ -5,6 +5,8 @@ r"""The ``condgen`` command line.
   (Markdown and CSV), a plot of the draws and one ArviZ netCDF file per method.
 * ``condgen tasks`` and ``condgen methods``: what exists.
 * ``condgen prepare digits``: trains and caches the prior of the digits tasks.
+* ``condgen train DATA --out PRIOR``: fits a prior to the samples of a tensor file and saves
+  it; ``torchrun --nproc_per_node=K -m condgen train ...`` fits it data-parallel.
 
 Every command has ``--help``.
 """
@@ -35,6 +37,7 @@ from .evaluate.compare import DEFAULT_METRICS, METRICS, Report, compare
 from .evaluate.plots import plot_draws
 from .evaluate.tasks import BayesianLinearRegression, BetaBinomial, GaussianMixtureInverseProblem
 from .methods import DPS, NUTS, SMC, SVI, TDS, Importance, PiGDM
+from .priors.flow import FLOW_CLASSES
 
 
 def _quiet_worker() -> None:
@@ -278,6 +281,218 @@ def _prepare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+PRIORS = ("diffusion", "flow-matching", "flow")
+r"""The priors of ``condgen train``."""
+
+
+def _load_samples(path: str) -> torch.Tensor:
+    r"""The samples in ``path``: a ``.pt`` file holding one tensor (read with
+    ``torch.load(weights_only=True)``) or a NumPy ``.npy`` file, as a floating-point tensor
+    shaped ``[N, *event]`` with finite values (integers become floats)."""
+    import numpy as np
+
+    file = Path(path)
+    works = "a .pt file holding one tensor (torch.save(samples, path)) or a NumPy .npy file"
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {path!r} does not exist")
+    suffix = file.suffix.lower()
+    if suffix == ".pt":
+        try:
+            samples = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several kinds for a file it cannot read
+            raise ValueError(f"data file {path!r} cannot be read as {works}: {error}") from None
+        if not isinstance(samples, torch.Tensor):
+            raise ValueError(
+                f"data file {path!r} holds a {type(samples).__name__}, not a tensor: give {works}"
+            )
+    elif suffix == ".npy":
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"data file {path!r} cannot be read as {works}: {error}") from None
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"data file {path!r} holds {array.dtype} values, not numbers")
+        samples = torch.from_numpy(np.ascontiguousarray(array))
+    else:
+        raise ValueError(
+            f"data file {path!r} has an unknown type ({suffix or 'no suffix'}): give {works}"
+        )
+    if samples.is_complex() or samples.dtype == torch.bool:
+        raise ValueError(f"data file {path!r} holds {samples.dtype} values, not real numbers")
+    if samples.dim() < 2 or len(samples) == 0:
+        hint = ": one value per sample? save it shaped [N, 1]" if samples.dim() == 1 else ""
+        raise ValueError(
+            f"data file {path!r} holds a tensor of shape {tuple(samples.shape)}, but the "
+            f"samples must be shaped [N, *event] with N >= 1{hint}"
+        )
+    samples = samples if samples.is_floating_point() else samples.double()
+    bad = ~torch.isfinite(samples)
+    if bad.any():
+        rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"data file {path!r} has {int(bad.sum())} NaN or infinite entries, in {len(rows)} "
+            f"of its {len(samples)} samples (the first at index {rows[0]}): remove or impute "
+            f"them"
+        )
+    return samples
+
+
+def _unused(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    r"""Refuses the options ``names`` (attributes of ``args``) that were given but do not
+    apply, saying ``why``."""
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply: {why}"
+        )
+
+
+def _build_prior(args: argparse.Namespace, event_shape: tuple[int, ...]) -> Any:
+    r"""The untrained prior that ``condgen train`` fits to samples of ``event_shape``: a
+    flow for vectors, or a path prior with an MLP (vectors) or a UNet (images ``[C, H,
+    W]``)."""
+    from .priors import MLP, DiffusionPrior, FlowMatchingPrior, FlowPrior, UNet
+
+    if args.prior == "flow":
+        _unused(args, ["ema", "schedule", "prediction", "base", "levels"], "the prior is a flow")
+        if len(event_shape) != 1:
+            raise ValueError(
+                f"--prior flow needs vector samples [N, d], got samples of shape "
+                f"{list(event_shape)}: use --prior diffusion or flow-matching for images"
+            )
+        options: dict[str, Any] = {"flow": args.flow or "nsf"}
+        if args.transforms is not None:
+            options["transforms"] = args.transforms
+        if args.hidden is not None:
+            options["hidden_features"] = list(args.hidden)
+        return FlowPrior.build(event_shape[0], **options)
+    _unused(args, ["flow", "transforms"], f"--prior flow takes it, not --prior {args.prior}")
+    if len(event_shape) == 1:
+        _unused(args, ["base", "levels"], "vectors get an MLP (--hidden); images a UNet")
+        hidden = (256, 256, 256) if args.hidden is None else tuple(args.hidden)
+        network: torch.nn.Module = MLP(event_shape[0], hidden=hidden)
+    elif len(event_shape) == 3:
+        _unused(args, ["hidden"], "images get a UNet (--base, --levels); vectors an MLP")
+        levels = 2 if args.levels is None else args.levels
+        if event_shape[1] % 2**levels or event_shape[2] % 2**levels:
+            raise ValueError(
+                f"images of {event_shape[1]}x{event_shape[2]} pixels cannot be halved "
+                f"--levels={levels} times: use fewer levels, or pad them to a multiple of "
+                f"{2**levels}"
+            )
+        network = UNet(event_shape[0], base=args.base or 32, levels=levels)
+    else:
+        raise ValueError(
+            f"each sample has shape {list(event_shape)}, but condgen train takes vectors "
+            f"[N, d] or images [N, C, H, W]"
+        )
+    if args.prior == "flow-matching":
+        _unused(args, ["schedule", "prediction"], "flow matching has a fixed path and target")
+        return FlowMatchingPrior(network, event_shape=event_shape)
+    schedule, prediction = args.schedule or "vp", args.prediction or "denoiser"
+    return DiffusionPrior(network, schedule, event_shape=event_shape, prediction=prediction)
+
+
+def _train_device(name: str | None) -> torch.device:
+    r"""The device of ``--device`` (default: CUDA when there is one, else the CPU); under
+    ``torchrun`` a CUDA device without an index is that of the process's ``LOCAL_RANK``."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a torch device, e.g. cpu, cuda, cuda:1"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from torch import distributed
+
+    from ._training import _process_group
+
+    data = _load_samples(args.data)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {args.out!r}: the folder {str(out.parent)!r} does not exist")
+    if args.checkpoint is not None and Path(args.checkpoint).resolve() == out.resolve():
+        raise ValueError("--checkpoint and --out must be different files")
+    if args.every is not None and args.checkpoint is None:
+        raise ValueError("--every needs --checkpoint (the file the fit is resumable from)")
+    device = _train_device(args.device)
+    data = data.to(device, getattr(torch, args.dtype))
+    torch.manual_seed(args.seed)
+    prior = _build_prior(args, tuple(data.shape[1:]))
+    try:
+        rank, world = _process_group(device)  # under torchrun: joins the process group
+        say = _printer(args.quiet or rank != 0)
+        resumed = args.checkpoint is not None and Path(args.checkpoint).exists()
+        if world > 1 and args.checkpoint is not None:
+            _check_checkpoint_shared(resumed, world, device, args.checkpoint)
+        network = prior.flow if args.prior == "flow" else prior.network
+        size = sum(p.numel() for p in network.parameters())
+        say(
+            f"condgen train: a {type(prior).__name__} ({type(network).__name__}, "
+            f"{size:,} weights) on {len(data)} samples of shape {list(data.shape[1:])}, "
+            f"{device} {args.dtype}, {world} process{'es' * (world > 1)} x "
+            f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}"
+        )
+        spread, centre = data.std().item(), data.mean(0).abs().max().item()
+        if not 0.05 < spread < 20 or centre > 5:
+            say(
+                f"note: the samples are not standardised (sd {spread:.3g}, largest |mean| "
+                f"{centre:.3g}); the priors assume roughly unit scale"
+            )
+        if resumed:
+            say(f"resuming from the checkpoint {args.checkpoint}")
+        options: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size}
+        options |= {"lr": args.lr, "weight_decay": args.weight_decay, "clip": args.clip}
+        options |= {"progress": not args.quiet, "checkpoint": args.checkpoint}
+        options |= {"every": args.every}
+        if args.prior != "flow":
+            options["ema"] = 0.999 if args.ema is None else args.ema
+        start = time.perf_counter()
+        try:
+            losses = prior.fit(data, **options)
+        except FloatingPointError as error:
+            raise ValueError(f"{error} (--lr, --clip)") from None
+        seconds = time.perf_counter() - start
+        if rank == 0:
+            prior.to("cpu").save(out)
+        last = losses[-100:]
+        say(
+            f"{len(losses)} steps in {seconds:.1f} s ({len(losses) / max(seconds, 1e-9):.1f} "
+            f"steps/s); mean loss of the last {len(last)}: {sum(last) / len(last):.4g}"
+        )
+        say(f"saved to {out} (load it with condgen.priors.load)")
+    finally:
+        if distributed.is_available() and distributed.is_initialized():
+            distributed.destroy_process_group()
+    return 0
+
+
+def _check_checkpoint_shared(
+    exists: bool, world: int, device: torch.device, checkpoint: str
+) -> None:
+    r"""Refuses a ``--checkpoint`` that some ranks of a data-parallel fit see and others do
+    not (a local path on several nodes): they would resume from different steps."""
+    from torch import distributed
+
+    count = torch.tensor([int(exists)], device=device)
+    distributed.all_reduce(count)
+    if 0 < count.item() < world:
+        raise ValueError(
+            f"--checkpoint {checkpoint!r} exists for {count.item()} of the {world} processes: "
+            f"put it on a file system that every node shares"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="condgen",
@@ -367,15 +582,143 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="training seed")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_prepare_command)
+    _train_parser(commands)
     return parser
+
+
+def _train_parser(commands: Any) -> None:
+    r"""Adds ``condgen train`` to the subcommands ``commands``."""
+    run = commands.add_parser(
+        "train",
+        help="fit a prior to the samples of a tensor file and save it (torchrun: data-parallel)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fits a prior to the samples in DATA and saves it to --out, for "
+        "condgen.priors.load.\n\n"
+        "Vectors [N, d] get condgen's residual MLP (--hidden) or a zuko flow (--prior flow); "
+        "images [N, C, H, W] get condgen's UNet (--base, --levels). The fit is that of the "
+        "Python API with the same options and seed: DiffusionPrior.fit / FlowMatchingPrior.fit "
+        "(AdamW, clipping, EMA, minibatches drawn with replacement) or FlowPrior.fit (maximum "
+        "likelihood). Standardise the samples first: the priors assume roughly unit scale.\n\n"
+        "Under torchrun the fit is data-parallel: every process takes its share of each "
+        "global minibatch of --batch-size and the gradients are averaged, so K processes fit "
+        "the weights of one (to float rounding); only rank 0 prints and writes. With "
+        "--checkpoint the fit is resumable: rerun the same command after a kill.",
+        epilog="examples:\n"
+        "  condgen train samples.npy --out prior.pt --steps 5000\n"
+        "  condgen train images.pt --prior flow-matching --base 64 --out prior.pt\n"
+        "  condgen train samples.pt --prior flow --flow nsf --transforms 5 --out flow.pt\n"
+        "  condgen train samples.pt --out prior.pt --checkpoint fit.ckpt --every 500\n"
+        "  torchrun --nproc_per_node=4 -m condgen train samples.pt --out prior.pt "
+        "--batch-size 1024",
+    )
+    run.add_argument(
+        "data",
+        metavar="DATA",
+        help="the samples, shaped [N, *event]: a .pt file holding one tensor (read with "
+        "weights_only=True) or a NumPy .npy file",
+    )
+    run.add_argument("--out", required=True, help="the file to save the fitted prior to")
+    run.add_argument(
+        "--prior",
+        choices=PRIORS,
+        default="diffusion",
+        help="the kind of prior (default diffusion)",
+    )
+    network = run.add_argument_group("network")
+    network.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        metavar="WIDTH",
+        help="hidden widths of the MLP (default 256 256 256) or of a flow's networks "
+        "(zuko's default 64 64)",
+    )
+    network.add_argument(
+        "--base", type=int, help="the UNet's feature maps at full resolution (default 32)"
+    )
+    network.add_argument(
+        "--levels", type=int, help="the UNet's halvings of the resolution (default 2)"
+    )
+    network.add_argument(
+        "--schedule",
+        choices=["vp", "ve", "cosine", "rectified"],
+        help="the diffusion path (default vp)",
+    )
+    network.add_argument(
+        "--prediction",
+        choices=["denoiser", "noise", "velocity"],
+        help="what the diffusion network predicts (default denoiser)",
+    )
+    network.add_argument(
+        "--flow",
+        choices=sorted(FLOW_CLASSES),
+        help="zuko's flow class of --prior flow (default nsf)",
+    )
+    network.add_argument("--transforms", type=int, help="the flow's transforms (zuko's default 3)")
+    fit = run.add_argument_group("fit")
+    fit.add_argument("--steps", type=int, default=2000, help="optimisation steps (default 2000)")
+    fit.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="the global minibatch, shared by the processes of a torchrun (default 256)",
+    )
+    fit.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (default 1e-3)")
+    fit.add_argument(
+        "--weight-decay", type=float, default=0.0, help="AdamW's weight decay (default 0)"
+    )
+    fit.add_argument(
+        "--clip", type=float, default=1.0, help="the maximum gradient norm; 0: none (default 1)"
+    )
+    fit.add_argument(
+        "--ema",
+        type=float,
+        help="the decay of the weights' moving average that the prior keeps; 0: the raw "
+        "weights (default 0.999; not for flows)",
+    )
+    fit.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and of the fit (default 0)",
+    )
+    fit.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="make the fit resumable: write its state to PATH, and go on from PATH when it "
+        "exists (it must be written by the same command)",
+    )
+    fit.add_argument(
+        "--every", type=int, metavar="N", help="steps between checkpoints (default 100)"
+    )
+    machine = run.add_argument_group("machine")
+    machine.add_argument(
+        "--device",
+        help="cpu, cuda or cuda:INDEX (default cuda when there is one; under torchrun, cuda "
+        "is the process's LOCAL_RANK)",
+    )
+    machine.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="(default float32)"
+    )
+    machine.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of each process (default torch's: OMP_NUM_THREADS, which torchrun "
+        "sets to 1, else one per core)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no printing")
+    run.set_defaults(handler=_train_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     r"""Runs the ``condgen`` command line with ``argv`` (default ``sys.argv[1:]``)."""
     args = _parser().parse_args(argv)
-    # the tasks' models are small: intra-op threads only contend (several-fold slower SVI)
-    torch.set_num_threads(1)
+    # the tasks' models are small: intra-op threads only contend (several-fold slower SVI);
+    # train takes --threads, by default torch's own
+    threads = args.threads if args.command == "train" else 1
     try:
+        if threads is not None:
+            torch.set_num_threads(as_count("--threads", threads))
         return args.handler(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"condgen {args.command}: error: {error}", file=sys.stderr)
