@@ -13,6 +13,7 @@ A low-level module (it imports nothing of condgen but :mod:`condgen._optim` and
 from __future__ import annotations
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "CHECKPOINT_FORMAT",
     "VALIDATION_SEED",
     "WHOLE",
@@ -29,7 +30,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,10 @@ r"""The seed of the generator that draws the validation loss's noise, anew at ev
 
 CHECKPOINT_FORMAT = "condgen-checkpoint"
 r"""The format of the checkpoints of :meth:`Trainer.fit` (:mod:`condgen._format`)."""
+
+AUTOCAST_DTYPES = (torch.bfloat16,)
+r"""The dtypes of the trainer's mixed precision (``autocast=``): bfloat16 only, whose range is
+float32's, so that no loss scaling is needed (float16 would need a gradient scaler)."""
 
 WHOLE = slice(None)
 r"""The shard of a minibatch that a single process takes: all of it (see :data:`Loss`)."""
@@ -105,7 +110,11 @@ class Trainer:
     norm ``clip``, takes an AdamW step and updates the average :math:`\bar\phi \leftarrow
     \beta_k \bar\phi + (1 - \beta_k) \phi` with :math:`\beta_k = \min(\beta, (1 + k) / (10 +
     k))` at step :math:`k` (a warm-up that forgets the initial weights; Polyak averaging
-    removes much of the minibatch noise). :meth:`fit` runs epochs of steps; with a
+    removes much of the minibatch noise). With ``autocast``, the losses are computed under
+    :func:`torch.autocast` in that dtype on the parameters' device (mixed precision: matrix
+    products and convolutions in bfloat16, reductions and the weights, their gradients, the
+    optimiser's state and the average in the parameters' dtype). :meth:`fit` runs epochs of
+    steps; with a
     validation set it evaluates the loss of the averaged weights after each epoch (its noise
     drawn anew from a generator seeded with :data:`VALIDATION_SEED`, so that validation
     losses differ only by the weights), multiplies the learning rate by ``lr_decay`` after
@@ -121,6 +130,9 @@ class Trainer:
         ema: The EMA decay :math:`\beta` in :math:`[0, 1)`; 0 or None keeps the raw weights.
         warmup: Whether the decay warms up.
         label: The name of what trains, for the progress bar and messages.
+        autocast: None (full precision), or ``torch.bfloat16`` for mixed-precision losses on
+            CUDA (where tensor cores make it pay) or on the CPU (where it pays only on CPUs with
+            bfloat16 instructions).
 
     Example:
         >>> import torch
@@ -144,6 +156,7 @@ class Trainer:
         ema: float | None = None,
         warmup: bool = True,
         label: str = "fit",
+        autocast: torch.dtype | None = None,
     ):
         self.module = module
         self.parameters = [p for p in module.parameters() if p.requires_grad]
@@ -154,6 +167,12 @@ class Trainer:
             raise ValueError(f"ema must lie in [0, 1), got {ema!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast must be None or torch.bfloat16, got {autocast!r} (float16 would "
+                f"need loss scaling, which the trainer does not do)"
+            )
+        self.autocast = autocast
         self.lr, self.clip, self.ema, self.label = lr, clip or 0.0, ema, label
         self.warmup, self.weight_decay = warmup, weight_decay
         self.optimizer = adamw(self.parameters, lr=lr, weight_decay=weight_decay)
@@ -192,6 +211,24 @@ class Trainer:
                 torch._foreach_lerp_(self.averages, self.parameters, 1 - decay)
         self.count += 1
         return value
+
+    def precision(self) -> AbstractContextManager:
+        r"""The context of the losses' forward passes: :func:`torch.autocast` on the
+        parameters' device with the dtype ``autocast``, or nothing without.
+
+        Raises:
+            ValueError: With ``autocast`` for parameters on a device other than CUDA or the
+                CPU.
+        """
+        if self.autocast is None:
+            return nullcontext()
+        device = self.parameters[0].device.type
+        if device not in ("cuda", "cpu"):
+            raise ValueError(
+                f"{self.label}: autocast works on CUDA and the CPU, but the parameters are on "
+                f"{device}: pass autocast=None"
+            )
+        return torch.autocast(device, dtype=self.autocast)
 
     def _check_finite(self, value: float) -> None:
         if not math.isfinite(value):
@@ -294,7 +331,9 @@ class Trainer:
                 if loop.step == 0:
                     loop.epoch_random = _random_state(generator)
                 for indices in _remaining(batches, loop, generator):
-                    value = self.step(*self._loss(loss, indices, generator))
+                    with self.precision():
+                        shard_loss, share = self._loss(loss, indices, generator)
+                    value = self.step(shard_loss, share)
                     history.steps.append(value)
                     loop.total += value * len(indices)
                     loop.count += len(indices)
@@ -348,6 +387,8 @@ class Trainer:
         trainer = {"label": self.label, "module": type(self.module).__name__, "lr": self.lr}
         trainer |= {"weight_decay": self.weight_decay, "clip": self.clip, "ema": self.ema}
         trainer |= {"warmup": self.warmup, "parameters": parameters}
+        if self.autocast is not None:  # absent in full precision, as before the option
+            trainer["autocast"] = str(self.autocast).removeprefix("torch.")
         identity = _plain({**trainer, **options})
         _format.check_plain(identity, "the fit's identity")
         return identity
@@ -374,7 +415,7 @@ class Trainer:
         generator = torch.Generator(validation.device).manual_seed(VALIDATION_SEED)
         self.module.eval()
         total = torch.zeros((), dtype=torch.float64, device=validation.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.precision():
             for chunk in validation.split(4096):
                 if self.world == 1:
                     total += loss(chunk, generator).item() * len(chunk)

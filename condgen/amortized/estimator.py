@@ -242,6 +242,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         seed: int | None = None,
         checkpoint: str | os.PathLike | None = None,
         every: int | None = None,
+        autocast: torch.dtype | None = None,
     ) -> list[float]:
         r"""Simulates the model and trains the network on the simulations, with early stopping.
 
@@ -281,6 +282,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 the stored losses at once). Resuming needs the same simulations: pass ``seed``
                 or ``simulations``. A file of another fit raises a ValueError.
             every: The epochs between checkpoints (None: 1).
+            autocast: None, or ``torch.bfloat16`` for mixed-precision losses (see
+                :func:`~condgen.priors.training.fit_path_prior`); it pays on CUDA with large
+                embedding networks, hardly with the default small MLPs.
 
         Returns:
             The mean training loss of each epoch (also in :attr:`training_losses`; the
@@ -305,7 +309,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 self.observation_loc, self.observation_scale = standardisation(x[rest])
             trainer = Trainer(
                 self, lr=options["lr"], clip=options["clip"], ema=options["ema"], warmup=False,
-                label=self.label,
+                label=self.label, autocast=autocast,
             )  # fmt: skip
             identity = None if checkpoint is None else {**options, "data": fingerprint(theta, x)}
             history = trainer.fit(

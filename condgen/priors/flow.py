@@ -278,6 +278,7 @@ class FlowPrior(Prior):
         progress: bool = True,
         checkpoint: str | os.PathLike | None = None,
         every: int | None = None,
+        autocast: torch.dtype | None = None,
     ) -> list[float]:
         r"""Trains the flow by maximum likelihood, minimising the negative log-likelihood
         :math:`-\frac1B \sum_{i \in \text{batch}} \log p_\phi(x_i \mid c_i)` with AdamW on
@@ -296,6 +297,9 @@ class FlowPrior(Prior):
             checkpoint: A file that makes the fit resumable (see
                 :func:`~condgen.priors.training.fit_path_prior`).
             every: The steps between checkpoints (None: 100).
+            autocast: None, or ``torch.bfloat16`` for mixed-precision losses (see
+                :func:`~condgen.priors.training.fit_path_prior`). The flows' small MLPs and
+                their Jacobians gain little from it, and their log-densities lose precision.
 
         Returns:
             The loss (mean negative log-likelihood) at every step.
@@ -342,8 +346,9 @@ class FlowPrior(Prior):
             return -self.flow(c).log_prob(data[index]).mean()
 
         trainer = Trainer(
-            self.flow, lr=lr, weight_decay=weight_decay, clip=clip, label="FlowPrior"
-        )
+            self.flow, lr=lr, weight_decay=weight_decay, clip=clip, label="FlowPrior",
+            autocast=autocast,
+        )  # fmt: skip
         batches = with_replacement(len(data), min(batch_size, len(data)), steps, None, data.device)
         self.flow.eval()  # the mode the trainer restores
         identity = None

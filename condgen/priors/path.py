@@ -386,7 +386,8 @@ class DiffusionPrior(PathPrior):
                 :func:`~condgen.priors.training.fit_path_prior`: ``context`` (one row per
                 sample) and ``context_dropout`` for a conditional prior, ``steps``,
                 ``batch_size``, ``lr``, ``weight_decay``, ``ema``, ``clip``, ``progress``,
-                ``generator``.
+                ``generator``, ``checkpoint``, ``every``, and ``autocast=torch.bfloat16`` for
+                mixed-precision training (on CUDA, where it pays).
 
         Returns:
             The loss of every step.

@@ -101,6 +101,7 @@ def fit_path_prior(
     generator: torch.Generator | None = None,
     checkpoint: str | os.PathLike | None = None,
     every: int | None = None,
+    autocast: torch.dtype | None = None,
 ) -> list[float]:
     r"""Trains the network of a path prior on samples of the data distribution.
 
@@ -164,13 +165,18 @@ def fit_path_prior(
             arguments that finds it goes on from there (or, once finished, returns the stored
             losses at once). A file of another fit raises a ValueError.
         every: The steps between checkpoints (None: 100).
+        autocast: None, or ``torch.bfloat16`` to compute the loss under
+            :func:`torch.autocast` (mixed precision; the weights, gradients, optimiser state
+            and average stay in the data's dtype, and bfloat16 needs no loss scaling). It pays
+            on CUDA for convolutional networks (:class:`~condgen.priors.nets.UNet`), where the
+            tensor cores run bfloat16; on most CPUs it is slower than float32.
 
     Returns:
         The loss of every step.
 
     Raises:
         ValueError: For data or contexts with NaN/inf entries or wrong shapes, or invalid
-            options.
+            options (an ``autocast`` other than None or ``torch.bfloat16``).
         FloatingPointError: When the loss becomes NaN or infinite; the network keeps the
             weights of that step.
 
@@ -263,7 +269,10 @@ def fit_path_prior(
         network = partial(forward, c=c, drop=drop)
         return path_loss(schedule, prediction, network, x, t[shard], eps[shard])
 
-    trainer = Trainer(network, lr=lr, weight_decay=weight_decay, clip=clip, ema=ema, label="fit")
+    trainer = Trainer(
+        network, lr=lr, weight_decay=weight_decay, clip=clip, ema=ema, label="fit",
+        autocast=autocast,
+    )  # fmt: skip
     batches = with_replacement(len(data), batch_size, steps, generator, device)
     identity = None
     if checkpoint is not None:
