@@ -357,8 +357,9 @@ def _build_prior(args: argparse.Namespace, event_shape: tuple[int, ...]) -> Any:
         _unused(args, ["ema", "schedule", "prediction", "base", "levels"], "the prior is a flow")
         if len(event_shape) != 1:
             raise ValueError(
-                f"--prior flow needs vector samples [N, d], got samples of shape "
-                f"{list(event_shape)}: use --prior diffusion or flow-matching for images"
+                f"data file {args.data!r}: each sample has shape {list(event_shape)}, but "
+                f"--prior flow takes vectors [N, d]; use --prior diffusion or flow-matching "
+                f"for images"
             )
         options: dict[str, Any] = {"flow": args.flow or "nsf"}
         if args.transforms is not None:
@@ -383,8 +384,8 @@ def _build_prior(args: argparse.Namespace, event_shape: tuple[int, ...]) -> Any:
         network = UNet(event_shape[0], base=args.base or 32, levels=levels)
     else:
         raise ValueError(
-            f"each sample has shape {list(event_shape)}, but condgen train takes vectors "
-            f"[N, d] or images [N, C, H, W]"
+            f"data file {args.data!r}: each sample has shape {list(event_shape)}, but "
+            f"condgen train takes vectors [N, d] or images [N, C, H, W]"
         )
     if args.prior == "flow-matching":
         _unused(args, ["schedule", "prediction"], "flow matching has a fixed path and target")
