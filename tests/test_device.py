@@ -31,7 +31,14 @@ from condgen.guides import (
 )
 from condgen.infer import FMPE, NPE, NPSE, AdversarialELBO
 from condgen.methods.guide_names import GUIDES
-from condgen.priors import MLP, DiffusionPrior, FlowMatchingPrior, FlowPrior, GaussianMixturePrior
+from condgen.priors import (
+    MLP,
+    DiffusionPrior,
+    FlowMatchingPrior,
+    FlowPrior,
+    GaussianMixturePrior,
+    UNet,
+)
 
 NO_CUDA = not torch.cuda.is_available()
 CUDA = pytest.mark.skipif(NO_CUDA, reason="no CUDA device")
@@ -319,3 +326,142 @@ def test_mixture_prior_moves(device, dtype):
         warnings.simplefilter("ignore")
         mixture = prior.mixture(0.5)
     assert mixture.mean.device.type == device and mixture.mean.dtype == dtype
+
+
+# ---------------------------------------------------------------------- mixed precision (bf16)
+
+
+def _two_moons_like(device: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return (0.5 * torch.randn(512, 2, generator=generator) + 1.0).to(device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_bf16_autocast_fit_trains_with_float32_weights(device):
+    r"""A bf16-autocast fit of a small path prior: its loss falls and stays finite, its
+    weights stay float32, and its losses differ from those of the same fp32 fit (the autocast
+    is in force), which keeps the default path as it was."""
+    data = _two_moons_like(device)
+    losses = {}
+    for autocast in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        prior = DiffusionPrior(MLP(2, hidden=(32, 32)), event_shape=(2,))
+        generator = torch.Generator(device).manual_seed(0)
+        losses[autocast] = prior.fit(
+            data, steps=150, batch_size=64, progress=False, generator=generator,
+            autocast=autocast,
+        )  # fmt: skip
+        assert {p.dtype for p in prior.network.parameters()} == {torch.float32}
+    bf16 = losses[torch.bfloat16]
+    assert all(math.isfinite(v) for v in bf16)
+    assert np.mean(bf16[-20:]) < 0.5 * np.mean(bf16[:20])
+    assert bf16 != losses[None]
+    # bf16 rounds the activations to 8 bits of mantissa: close, not equal, to the fp32 fit
+    assert abs(np.mean(bf16[-20:]) - np.mean(losses[None][-20:])) < 0.1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("cls", [NPE, FlowPrior], ids=lambda c: c.__name__)
+def test_bf16_autocast_fits_flows_and_estimators(cls, device):
+    torch.manual_seed(0)
+    if cls is FlowPrior:
+        prior = FlowPrior.build(2, flow="maf", transforms=1, hidden_features=[16])
+        losses = prior.fit(
+            _two_moons_like(device), steps=30, progress=False, autocast=torch.bfloat16
+        )
+        module = prior.flow
+    else:
+        p = problems(device, torch.float32)
+        module = NPE(p.observed(p.mixture), observed=["y"])
+        losses = module.fit(
+            num_simulations=200, max_epochs=2, progress=False, seed=0, autocast=torch.bfloat16
+        )
+    assert all(math.isfinite(v) for v in losses)
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
+    assert {p.device.type for p in module.parameters()} == {device}
+
+
+@pytest.mark.parametrize("autocast", [torch.float16, torch.float64, "bf16"])
+def test_autocast_refuses_other_values(autocast):
+    prior = DiffusionPrior(MLP(2, hidden=(8,)), event_shape=(2,))
+    with pytest.raises(ValueError, match=r"autocast must be None or torch\.bfloat16"):
+        prior.fit(torch.randn(16, 2), steps=1, progress=False, autocast=autocast)
+
+
+def test_autocast_is_part_of_the_checkpoint_identity(tmp_path):
+    data = torch.randn(64, 2)
+    path = tmp_path / "fit.ckpt"
+    DiffusionPrior(MLP(2, hidden=(8,)), event_shape=(2,)).fit(
+        data, steps=2, progress=False, checkpoint=path, autocast=torch.bfloat16
+    )
+    with pytest.raises(ValueError, match=r"checkpoint=.*autocast"):
+        DiffusionPrior(MLP(2, hidden=(8,)), event_shape=(2,)).fit(
+            data, steps=2, progress=False, checkpoint=path
+        )
+
+
+# -------------------------------------------------------------------------------- torch.compile
+
+
+class CountingBackend:
+    r"""A :func:`torch.compile` backend that runs the captured graphs eagerly and counts them:
+    it checks the plumbing without a C compiler (the inductor backend needs one and tens of
+    seconds per graph on a CPU)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph, inputs):
+        self.graphs += 1
+        return graph.forward
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compile_keeps_draws_weights_and_saving(tmp_path):
+    torch.manual_seed(0)
+    prior = DiffusionPrior(MLP(2, hidden=(16,)), event_shape=(2,), steps=6)
+    prior.fit(torch.randn(128, 2), steps=10, progress=False)
+    reference = DiffusionPrior(MLP(2, hidden=(16,)), event_shape=(2,), steps=6)
+    reference.network.load_state_dict(prior.network.state_dict())
+    backend = CountingBackend()
+    assert prior.compile(backend=backend) is prior
+    assert isinstance(prior.network, MLP)  # the module is compiled in place, not wrapped
+
+    def draws(p):
+        return p.sample((8,), generator=torch.Generator().manual_seed(1))
+
+    assert torch.equal(draws(prior), draws(reference))
+    assert backend.graphs > 0
+    p = problems("cpu", torch.float32)
+    for method in ("dps", "smc"):  # the denoiser's VJP goes through the compiled graph
+        a, b = (
+            condgen.condition(
+                p.observed(x), p.data, method=method, num_samples=8, seed=0, progress=False,
+                steps=4,
+            ).samples["x"]
+            for x in (prior, reference)
+        )  # fmt: skip
+        assert torch.equal(a, b), method
+    prior.save(tmp_path / "prior.pt")
+    loaded = condgen.priors.load(tmp_path / "prior.pt")
+    assert set(loaded.network.state_dict()) == set(reference.network.state_dict())
+    assert torch.equal(draws(loaded), draws(reference))
+
+
+def test_compile_needs_a_network():
+    with pytest.raises(TypeError, match="GaussianMixturePrior has no network"):
+        problems("cpu", torch.float64).mixture.compile()
+
+
+@CUDA
+def test_compile_inductor_unet_on_cuda():
+    torch.manual_seed(0)
+    prior = DiffusionPrior(UNet(1, base=16), event_shape=(1, 8, 8), steps=8).to("cuda")
+    reference = DiffusionPrior(UNet(1, base=16), event_shape=(1, 8, 8), steps=8).to("cuda")
+    reference.network.load_state_dict(prior.network.state_dict())
+    prior.compile()
+    a, b = (
+        p.sample((16,), generator=torch.Generator("cuda").manual_seed(1))
+        for p in (prior, reference)
+    )
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["FORMAT", "VERSION", "Prior"]
 
 import os
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -56,6 +57,49 @@ class Prior(dist.TorchDistribution):
                 setattr(self, name, value.to(device, floating, non_blocking))
             elif isinstance(value, torch.nn.Module):
                 value.to(*args, **kwargs)
+        return self
+
+    def compile(self, **options: Any) -> Prior:
+        r"""Compiles the prior's networks with :func:`torch.compile`, in place; returns the
+        prior.
+
+        Each network (an ``nn.Module`` attribute: a path prior's denoiser, a flow prior's
+        flow) is compiled by :meth:`torch.nn.Module.compile`, which keeps the module, its class
+        and its ``state_dict``: :meth:`save` writes the same file, :meth:`to` and ``fit`` work
+        as before (``fit`` then trains the compiled network), and draws equal those of the
+        uncompiled network to float tolerance.
+
+        Where it pays: on CUDA, for convolutional denoisers (:class:`~condgen.priors.nets.UNet`)
+        and large MLPs, where fusing the elementwise operations and cutting kernel launches
+        speeds up training and sampling (``mode="max-autotune"`` or ``"reduce-overhead"``
+        more so, for fixed batch shapes). Where it does not: small MLPs on the CPU, where the
+        first call's compilation (tens of seconds with the inductor backend) outweighs what
+        it saves, and runs whose batch shape keeps changing (each new shape may recompile;
+        ``dynamic=True`` avoids that at some cost). Double backward (gradients of
+        :meth:`log_prob` through the ODE's adjoint) is not supported by compiled networks.
+
+        Arguments:
+            options: Keyword options of :func:`torch.compile`, e.g. ``mode="max-autotune"``,
+                ``dynamic=True``, ``backend="aot_eager"``.
+
+        Returns:
+            The prior itself.
+
+        Raises:
+            TypeError: If the prior has no network (e.g. a Gaussian mixture).
+
+        Example:
+            >>> import torch
+            >>> from condgen.priors import MLP, DiffusionPrior
+            >>> prior = DiffusionPrior(MLP(2, hidden=(16,)), event_shape=(2,), steps=4)
+            >>> prior.compile(backend="eager").sample((3,)).shape
+            torch.Size([3, 2])
+        """
+        networks = [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]
+        if not networks:
+            raise TypeError(f"a {type(self).__name__} has no network to compile")
+        for network in networks:
+            network.compile(**options)
         return self
 
     def save(self, path: str | os.PathLike) -> None:
