@@ -458,6 +458,8 @@ def _train_command(args: argparse.Namespace) -> int:
         options |= {"every": args.every}
         if args.prior != "flow":
             options["ema"] = 0.999 if args.ema is None else args.ema
+        if args.autocast is not None:
+            options["autocast"] = getattr(torch, args.autocast)
         start = time.perf_counter()
         try:
             losses = prior.fit(data, **options)
@@ -700,6 +702,12 @@ def _train_parser(commands: Any) -> None:
     )
     machine.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="(default float32)"
+    )
+    machine.add_argument(
+        "--autocast",
+        choices=["bfloat16"],
+        help="compute the losses in mixed precision, under torch.autocast on CUDA or the CPU "
+        "(the weights, gradients and optimiser stay float32; default: none)",
     )
     machine.add_argument(
         "--threads",

@@ -27,7 +27,7 @@ from condgen.cli import main
 from condgen.priors import MLP, DiffusionPrior, FlowMatchingPrior, FlowPrior, UNet
 
 # the fit of the subprocess runs: a small denoiser MLP, 30 steps of minibatches of 32
-OPTIONS = ["--steps", "30", "--batch-size", "32", "--lr", "3e-3", "--ema", "0.9"]
+OPTIONS = ["--steps", "30", "--batch-size", "32", "--lr", "3e-3", "--ema", "0.5"]
 OPTIONS += ["--seed", "7", "--hidden", "16", "16", "--threads", "1"]
 
 
@@ -80,7 +80,7 @@ def test_command_line_fits_as_the_api(one_process: tuple[Path, str], one_thread:
     out, printed = one_process
     torch.manual_seed(7)
     prior = DiffusionPrior(MLP(3, hidden=(16, 16)), event_shape=(3,))
-    prior.fit(_samples((256, 3)), steps=30, batch_size=32, lr=3e-3, ema=0.9, progress=False)
+    prior.fit(_samples((256, 3)), steps=30, batch_size=32, lr=3e-3, ema=0.5, progress=False)
     loaded = condgen.priors.load(out)
     assert type(loaded) is DiffusionPrior and loaded.event_shape == (3,)
     assert loaded.prediction == "denoiser" and repr(loaded.schedule) == repr(prior.schedule)
@@ -93,19 +93,19 @@ def test_command_line_fits_as_the_api(one_process: tuple[Path, str], one_thread:
 CASES = {
     "diffusion": (
         (256, 3),
-        ["--schedule", "cosine", "--prediction", "noise", "--clip", "0", "--weight-decay", "0.1"],
+        "--schedule cosine --prediction noise --clip 0 --weight-decay 0.1 --autocast bfloat16",
         lambda: DiffusionPrior(MLP(3), "cosine", event_shape=(3,), prediction="noise"),
-        {"clip": 0.0, "weight_decay": 0.1, "ema": 0.999},
+        {"clip": 0.0, "weight_decay": 0.1, "ema": 0.999, "autocast": torch.bfloat16},
     ),
     "flow-matching": (
         (32, 1, 4, 4),
-        ["--base", "8", "--levels", "1", "--ema", "0"],
+        "--base 8 --levels 1 --ema 0",
         lambda: FlowMatchingPrior(UNet(1, base=8, levels=1), event_shape=(1, 4, 4)),
         {"ema": 0.0},
     ),
     "flow": (
         (256, 3),
-        ["--flow", "maf", "--transforms", "2", "--hidden", "16"],
+        "--flow maf --transforms 2 --hidden 16",
         lambda: FlowPrior(zuko.flows.MAF(3, transforms=2, hidden_features=[16])),
         {},
     ),
@@ -118,7 +118,7 @@ def test_each_prior_fits_as_the_api(kind: str, tmp_path: Path, one_thread: None,
     data = tmp_path / "data.pt"
     torch.save(_samples(shape), data)
     out = tmp_path / "prior.pt"
-    argv = ["train", str(data), "--out", str(out), "--prior", kind, *options]
+    argv = ["train", str(data), "--out", str(out), "--prior", kind, *options.split()]
     assert main([*argv, "--steps", "12", "--batch-size", "16", "--seed", "3", "--quiet"]) == 0
     assert capsys.readouterr().out == ""
     torch.manual_seed(3)
