@@ -4,27 +4,36 @@ denoiser (the optional extra ``pip install condgen[diffusers]``)."""
 
 from __future__ import annotations
 
-__all__ = ["DiffusersDenoiser", "DiscreteSchedule", "diffusers_parts"]
+__all__ = [
+    "DiffusersDenoiser",
+    "DiscreteSchedule",
+    "denoiser_config",
+    "denoiser_from_config",
+    "diffusers_parts",
+    "sample_on_timesteps",
+]
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .samplers import DDIM, integrate
 from .schedules import Schedule, _time
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _require_diffusers() -> None:
+def _require_diffusers(what: str = "DiffusionPrior.from_diffusers") -> Any:
+    r"""The ``diffusers`` module, or an ImportError saying that ``what`` needs it."""
     try:
-        import diffusers  # noqa: F401
+        import diffusers
     except ImportError:
         raise ImportError(
-            "DiffusionPrior.from_diffusers needs the diffusers package: "
-            "pip install condgen[diffusers]"
+            f"{what} needs the diffusers package: pip install condgen[diffusers]"
         ) from None
+    return diffusers
 
 
 class DiscreteSchedule(Schedule):
@@ -188,3 +197,133 @@ def diffusers_parts(
     prediction_type = scheduler.config.prediction_type
     denoiser = DiffusersDenoiser(unet, schedule, prediction_type, event_dim=len(event_shape))
     return denoiser, schedule, tuple(event_shape)
+
+
+def denoiser_config(denoiser: DiffusersDenoiser) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    r"""The plain configuration and the tensors of a diffusers denoiser, from which
+    :func:`denoiser_from_config` rebuilds it: the UNet's class name (one that ``diffusers``
+    exports) and its ``config`` (the constructor arguments, less diffusers' private ``_`` keys),
+    the prediction type, and the tensors ``alphas_cumprod`` (float64) and ``unet.*`` (the
+    weights, as they are).
+
+    Raises:
+        TypeError: If the UNet is not a class of diffusers with a ``config``.
+    """
+    unet = denoiser.unet
+    name = type(unet).__name__
+    diffusers = _require_diffusers("saving a diffusers prior")
+    config = getattr(unet, "config", None)
+    if getattr(diffusers, name, None) is not type(unet) or not isinstance(config, Mapping):
+        raise TypeError(
+            f"cannot save the network {name}: a diffusers prior is saved as a class that the "
+            "diffusers package exports (e.g. UNet2DModel) and its config, which loading rebuilds"
+        )
+    entry = {
+        "name": "diffusers",
+        "class": name,
+        "config": {key: value for key, value in config.items() if not key.startswith("_")},
+        "prediction_type": denoiser.prediction_type,
+        "event_dim": denoiser.event_dim,
+        "diffusers_version": diffusers.__version__,
+    }
+    state = {f"unet.{key}": value for key, value in unet.state_dict().items()}
+    state["alphas_cumprod"] = torch.tensor(denoiser.schedule.alphas_cumprod, dtype=torch.float64)
+    return entry, state
+
+
+def denoiser_from_config(
+    entry: Mapping[str, Any], state: Mapping[str, Tensor], unet: nn.Module | None = None
+) -> DiffusersDenoiser:
+    r"""Rebuilds the denoiser that :func:`denoiser_config` saved: the UNet from its class
+    name and config through diffusers' ``from_config`` (or ``unet``, if given), with the saved
+    weights assigned to it, in evaluation mode.
+
+    Raises:
+        ImportError: Without the diffusers package.
+        ValueError: If the class is not one of diffusers, or the weights do not fit.
+    """
+    diffusers = _require_diffusers("loading a diffusers prior")
+    if unet is None:
+        cls = getattr(diffusers, entry["class"], None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+            raise ValueError(
+                f"the saved network class {entry['class']!r} is not a model class of diffusers "
+                f"{diffusers.__version__}"
+            )
+        unet = cls.from_config(dict(entry["config"]))
+    weights = {key[5:]: value for key, value in state.items() if key.startswith("unet.")}
+    try:
+        unet.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"the saved weights do not fit the network {type(unet).__name__}: {error}"
+        ) from None
+    schedule = DiscreteSchedule(state["alphas_cumprod"])
+    return DiffusersDenoiser(
+        unet.eval(), schedule, entry["prediction_type"], event_dim=entry["event_dim"]
+    )
+
+
+def sample_on_timesteps(
+    prior: Any,
+    timesteps: Tensor | Sequence[int],
+    sample_shape: torch.Size | tuple[int, ...] = (),
+    *,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Draws from a diffusers prior along a diffusers scheduler's timesteps, as its pipeline
+    does: :math:`x_{\tau_0} \sim \mathcal{N}(0, I)`, then the DDIM step of
+    :func:`~condgen.priors.samplers.ancestral_step` from each timestep :math:`\tau_i` to the
+    next (``eta=1``: the ancestral DDPM kernel, whose variance
+    :math:`(1 - \bar\alpha_{\tau_{i+1}}) / (1 - \bar\alpha_{\tau_i})
+    (1 - \bar\alpha_{\tau_i} / \bar\alpha_{\tau_{i+1}})` is ``DDPMScheduler``'s
+    ``"fixed_small"``; ``eta=0``: deterministic DDIM), and the denoised estimate at the last
+    timestep. With ``timesteps = scheduler.timesteps`` after ``set_timesteps`` this is the loop
+    of diffusers' ``DDPMPipeline`` (or ``DDIMPipeline``) without clipping, on condgen's
+    denoiser.
+
+    :meth:`~condgen.priors.PathPrior.sample` with ``sampler="ddpm"`` and ``steps=T - 1`` walks
+    nearly the same grid (uniform in :math:`t` down to :math:`10^{-5}`, within 0.01 of every
+    integer timestep) from :math:`\sigma_1 \epsilon` instead.
+
+    Arguments:
+        prior: A prior of :meth:`~condgen.priors.DiffusionPrior.from_diffusers`.
+        timesteps: Decreasing integer timesteps, e.g. ``scheduler.timesteps``.
+        sample_shape: The batch shape of the draws.
+        eta: The stochasticity of the DDIM step (1 is DDPM).
+        generator: Optional random generator of the start and the noise of every step.
+
+    Returns:
+        The draws, shaped ``[*sample_shape, *event_shape]``.
+
+    Example:
+        >>> from diffusers import DDPMScheduler  # doctest: +SKIP
+        >>> from condgen.evaluate.digits import digits_unet_prior  # doctest: +SKIP
+        >>> scheduler = DDPMScheduler(clip_sample=False)  # doctest: +SKIP
+        >>> scheduler.set_timesteps(100)  # doctest: +SKIP
+        >>> prior = digits_unet_prior()  # doctest: +SKIP
+        >>> sample_on_timesteps(prior, scheduler.timesteps, (16,)).shape  # doctest: +SKIP
+        torch.Size([16, 1, 8, 8])
+    """
+    schedule = prior.schedule
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(
+            f"prior has the schedule {schedule!r}: sample_on_timesteps draws from a prior of "
+            "DiffusionPrior.from_diffusers, on a DiscreteSchedule"
+        )
+    timesteps = torch.as_tensor(timesteps)
+    if timesteps.dim() != 1 or len(timesteps) < 1 or (timesteps.diff() >= 0).any():
+        raise ValueError(f"timesteps must be decreasing integers, got {timesteps.tolist()}")
+    device, dtype = prior._device_dtype()
+    shape = torch.Size(sample_shape) + prior.batch_shape + prior.event_shape
+    event_dim = len(prior.event_shape)
+
+    def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+        return prior.denoise(x_t, t.expand(x_t.shape[: x_t.dim() - event_dim]))
+
+    with torch.no_grad():
+        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        grid = schedule.times(timesteps).to(device=device, dtype=dtype)
+        x, _ = integrate(DDIM(denoise, schedule, eta=eta, generator=generator), x, grid)
+    return x

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from .._format import read
 from .base import FORMAT, VERSION, Prior
+from .diffusers import denoiser_from_config
 from .flow import FLOW_CLASSES, FlowPrior, flow_from_config
 from .mixture import GaussianMixturePrior
 from .nets import NETS
@@ -136,9 +137,23 @@ def _decode_mixture(config: dict, state: dict, network: Any, path: str) -> Gauss
 
 
 def _decode_path(config: dict, state: dict, network: Any, path: str, cls: type) -> PathPrior:
-    net = _rebuild_module(
-        config["network"], _unprefixed("network", state), network, _build_net, path
-    )
+    entry, weights = config["network"], _unprefixed("network", state)
+    if entry.get("name") == "diffusers":  # the UNet and the schedule of a diffusers prior
+        try:
+            net = denoiser_from_config(entry, weights, network)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        return cls(
+            net,
+            net.schedule,
+            tuple(config["event_shape"]),
+            prediction=config["prediction"],
+            context=state.get("context"),
+            sampler=config["sampler"],
+            steps=config["steps"],
+            exact_divergence=config["exact_divergence"],
+        )
+    net = _rebuild_module(entry, weights, network, _build_net, path)
     options = {
         "event_shape": tuple(config["event_shape"]),
         "context": state.get("context"),

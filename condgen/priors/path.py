@@ -17,7 +17,8 @@ from zuko.utils import odeint
 from .._gaussian import normal_log_prob
 from .base import Prior
 from .counting import count_evaluation
-from .encoding import network_config, schedule_config
+from .diffusers import DiffusersDenoiser, DiscreteSchedule, denoiser_config, diffusers_parts
+from .encoding import network_config, prefixed, schedule_config
 from .samplers import sample_path
 from .schedules import RectifiedSchedule, Schedule, VPSchedule, build_schedule
 from .training import fit_path_prior
@@ -326,7 +327,13 @@ class DiffusionPrior(PathPrior):
         timesteps, :math:`t = \tau / (T - 1)`) and the UNet a
         :class:`~condgen.priors.diffusers.DiffusersDenoiser` that reads its
         ``prediction_type`` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``). On the integer
-        timesteps of the scheduler's grid, condgen's DDIM is diffusers' DDIM.
+        timesteps of the scheduler's grid, condgen's DDIM is diffusers' DDIM, and its DDPM
+        (``"ddpm"``, DDIM with :math:`\eta = 1`) diffusers' ``DDPMScheduler`` (variance
+        ``"fixed_small"``) without clipping.
+
+        :meth:`save` writes the prior in condgen's file format: the UNet's class name and its
+        ``config``, the prediction type, ``alphas_cumprod`` and the weights; loading it
+        (:func:`condgen.priors.load`) needs diffusers too.
 
         Arguments:
             unet: The network, called as ``unet(x, timestep).sample``.
@@ -344,15 +351,28 @@ class DiffusionPrior(PathPrior):
             >>> prior.event_shape  # doctest: +SKIP
             torch.Size([3, 32, 32])
         """
-        from .diffusers import diffusers_parts
-
         denoiser, schedule, event_shape = diffusers_parts(unet, scheduler, event_shape)
         return cls(denoiser, schedule, event_shape, prediction="denoiser", **options)
 
     def _encode(self) -> tuple[dict, dict]:
         config, state = network_config(self)
-        config["schedule"] = schedule_config(self.schedule)
         config["prediction"] = self.prediction
+        if not isinstance(self.network, DiffusersDenoiser):
+            config["schedule"] = schedule_config(self.schedule)
+            return config, state
+        # a diffusers prior: its schedule is the denoiser's, saved with it as alphas_cumprod
+        network = self.network
+        if not (
+            isinstance(self.schedule, DiscreteSchedule)
+            and self.schedule.alphas_cumprod == network.schedule.alphas_cumprod
+        ):
+            raise TypeError(
+                f"cannot save a DiffusionPrior whose schedule {self.schedule!r} is not the one "
+                "of its diffusers denoiser; build it with DiffusionPrior.from_diffusers"
+            )
+        entry, tensors = denoiser_config(network)
+        config["network"], config["schedule"] = entry, {"name": type(self.schedule).__name__}
+        state.update(prefixed("network", tensors))
         return config, state
 
     def denoise(self, x_t: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
