@@ -5,9 +5,9 @@ float32, with bfloat16 autocast (``fit(autocast=torch.bfloat16)``) and with the 
 (``prior.compile()``, the inductor backend; by default on CUDA only: on a CPU its compilation
 takes minutes, and the compiled smc of ``--quick --compile on`` had not finished in 7 minutes on
 a 2-core machine, recompiling for its several batch shapes). Conditioning: particles x sampler
-steps per second of ``smc`` and ``dps`` on
-an inpainting model (half of the pixels observed with noise 0.1), uncompiled and compiled,
-with the seconds of the call (smc's include the 1024 prior draws of its twist's moments).
+steps per second of ``smc`` and ``dps`` on an inpainting model (half of the pixels observed
+with noise 0.1), uncompiled and compiled, with the seconds of the call (smc's include the 1024
+prior draws of its twist's moments).
 
 Every figure excludes a warm-up (the first steps, or a short run with the same shapes, which
 holds any compilation). The images are standard normal noise: the cost does not depend on their
