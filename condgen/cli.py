@@ -469,9 +469,12 @@ def _train_command(args: argparse.Namespace) -> int:
         if rank == 0:
             prior.to("cpu").save(out)
         last = losses[-100:]
+        timing = f"this run took {seconds:.1f} s" if resumed else f"{seconds:.1f} s"
+        if not resumed:
+            timing += f", {len(losses) / max(seconds, 1e-9):.1f} steps/s"
         say(
-            f"{len(losses)} steps in {seconds:.1f} s ({len(losses) / max(seconds, 1e-9):.1f} "
-            f"steps/s); mean loss of the last {len(last)}: {sum(last) / len(last):.4g}"
+            f"{len(losses)} steps ({timing}); mean loss of the last {len(last)}: "
+            f"{sum(last) / len(last):.4g}"
         )
         say(f"saved to {out} (load it with condgen.priors.load)")
     finally:
