@@ -293,8 +293,10 @@ def _load_samples(path: str) -> torch.Tensor:
 
     file = Path(path)
     works = "a .pt file holding one tensor (torch.save(samples, path)) or a NumPy .npy file"
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"data file {path!r} does not exist")
+    if not file.is_file():
+        raise ValueError(f"data file {path!r} is not a file: give {works}")
     suffix = file.suffix.lower()
     if suffix == ".pt":
         try:
@@ -409,6 +411,11 @@ def _train_device(name: str | None) -> torch.device:
             raise ValueError(f"--device {name}: torch sees no CUDA device")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: no {device}, torch sees {torch.cuda.device_count()} CUDA "
+                f"device(s)"
+            )
         torch.cuda.set_device(device)
     return device
 
@@ -418,6 +425,8 @@ def _train_command(args: argparse.Namespace) -> int:
 
     from ._training import _process_group
 
+    as_count("--steps", args.steps)
+    as_count("--batch-size", args.batch_size)
     data = _load_samples(args.data)
     out = Path(args.out)
     if not out.parent.is_dir():

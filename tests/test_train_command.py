@@ -204,6 +204,7 @@ def test_bad_data_is_a_clear_error(name, content, message, tmp_path: Path, capsy
         (["--prior", "flow", "--ema", "0.9"], "--ema does not apply"),
         (["--transforms", "3"], "--transforms does not apply"),
         (["--every", "5"], "--every needs --checkpoint"),
+        (["--prior", "flow", "--steps", "0"], "--steps must be an integer of at least 1"),
         (["--threads", "0"], "--threads must be an integer of at least 1"),
     ],
 )
