@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["GaussianMixturePrior"]
 
 import math
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -192,9 +193,10 @@ class GaussianMixturePrior(PathPrior):
                     z[chosen] = z[chosen] @ self._eigenvectors[component].T
             return (self.means[k] + z).reshape(*shape, -1)
 
-    def moments(self, num_samples: int = 1024) -> tuple[Tensor, Tensor]:
+    def moments(self, num_samples: int = 1024, **sampler_options: Any) -> tuple[Tensor, Tensor]:
         r"""The exact mean :math:`\sum_k w_k m_k` and covariance
-        :math:`\sum_k w_k (C_k + (m_k - \mu)(m_k - \mu)^\top)` (``num_samples`` is unused)."""
+        :math:`\sum_k w_k (C_k + (m_k - \mu)(m_k - \mu)^\top)` (``num_samples`` and
+        ``sampler_options`` are unused)."""
         mean = self.weights @ self.means
         centred = self.means - mean
         spread = self.covs + centred.unsqueeze(-1) * centred.unsqueeze(-2)

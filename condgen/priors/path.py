@@ -228,16 +228,17 @@ class PathPrior(Prior):
             **options,
         )
 
-    def moments(self, num_samples: int = 1024) -> tuple[Tensor, Tensor]:
+    def moments(self, num_samples: int = 1024, **sampler_options: Any) -> tuple[Tensor, Tensor]:
         r"""The mean and covariance of the prior over the flattened event, estimated from
-        ``num_samples`` draws of :meth:`sample` (a subclass with closed forms overrides this).
+        ``num_samples`` draws of :meth:`sample` with ``sampler_options`` (e.g. ``sampler``,
+        ``steps``; a subclass with closed forms overrides this).
 
         Returns:
             The mean, shaped ``[d]``, and the covariance, shaped ``[d, d]``, with
             :math:`d` the number of event coordinates.
         """
         with torch.no_grad():
-            draws = self.sample((num_samples,)).reshape(num_samples, -1)
+            draws = self.sample((num_samples,), **sampler_options).reshape(num_samples, -1)
         return draws.mean(0), torch.cov(draws.T).reshape(draws.shape[1], draws.shape[1])
 
     def _parameters(self) -> tuple[Tensor, ...]:
