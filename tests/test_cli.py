@@ -9,7 +9,7 @@ import pytest
 
 from condgen.cli import main, parse_spec
 
-COMMANDS = ["demo", "compare", "tasks", "methods", "prepare"]
+COMMANDS = ["demo", "compare", "tasks", "methods", "prepare", "train"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
