@@ -13,14 +13,14 @@ reference posterior draws.
   its defaults.
 
 The draws are resampled to 10,000 equally weighted ones (``post.resample(10_000)``) and scored
-by sbibm's C2ST against sbibm's 10,000 reference draws of the observation: as
-``sbibm.metrics.c2st`` (sbibm 1.1.0) computes it, both samples z-scored by the reference's mean
-and standard deviation, scikit-learn's ``MLPClassifier`` (ReLU, two hidden layers of
-:math:`10 d` units, Adam, ``max_iter=10000``, ``random_state=1``), accuracy averaged over a
-shuffled 5-fold ``KFold`` (``random_state=1``) by ``cross_val_score``. 0.5 means the draws cannot
-be told from the reference, 1 fully distinct. Also reported: the wall time of the conditioning
-call, R-hat (``post.stats["rhat"]``), the number of convergence warnings, the gradient
-evaluations (``post.stats["nfe"]``) and, for tempered SMC, the log evidence.
+by sbibm's C2ST (``condgen.evaluate.sbibm_c2st``) against sbibm's 10,000 reference draws of the
+observation: as ``sbibm.metrics.c2st`` (sbibm 1.1.0) computes it, both samples z-scored by the
+reference's mean and standard deviation, scikit-learn's ``MLPClassifier`` (ReLU, two hidden
+layers of :math:`10 d` units, Adam, ``max_iter=10000``, ``random_state=1``), accuracy averaged
+over a shuffled 5-fold ``KFold`` (``random_state=1``) by ``cross_val_score``. 0.5 means the
+draws cannot be told from the reference, 1 fully distinct. Also reported: the wall time of the
+conditioning call, R-hat (``post.stats["rhat"]``), the number of convergence warnings, the
+gradient evaluations (``post.stats["nfe"]``) and, for tempered SMC, the log evidence.
 
 Run from the repository root::
 
@@ -45,40 +45,13 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 from common import arguments, benchmark, quiet_condition, reproduce
-from torch import Tensor
 
-from condgen.evaluate import SLCP
+from condgen.evaluate import SLCP, sbibm_c2st
 
 SECTION = "SLCP against sbibm's reference posterior"
 METHODS = ("nuts", "tempered")
-
-
-def sbibm_c2st(reference: Tensor, draws: Tensor, seed: int = 1, folds: int = 5) -> float:
-    r"""sbibm's C2ST (``sbibm.metrics.c2st`` with its defaults): the cross-validated accuracy
-    of an MLP classifier telling ``draws`` from ``reference``, both z-scored by the
-    reference's mean and (unbiased) standard deviation."""
-    from sklearn.model_selection import KFold, cross_val_score
-    from sklearn.neural_network import MLPClassifier
-
-    reference, draws = reference.float(), draws.float()
-    mean, std = reference.mean(0), reference.std(0)
-    x, y = ((reference - mean) / std).numpy(), ((draws - mean) / std).numpy()
-    d = x.shape[1]
-    classifier = MLPClassifier(
-        activation="relu",
-        hidden_layer_sizes=(10 * d, 10 * d),
-        max_iter=10_000,
-        solver="adam",
-        random_state=seed,
-    )
-    data = np.concatenate((x, y))
-    target = np.concatenate((np.zeros(len(x)), np.ones(len(y))))
-    shuffle = KFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(classifier, data, target, cv=shuffle, scoring="accuracy")
-    return float(np.mean(scores))
 
 
 def run(task: SLCP, method: str, num_samples: int, seed: int, options: dict) -> dict:

@@ -2,18 +2,24 @@ r"""Tasks with known posteriors and metrics that measure draws against them."""
 
 __all__ = [
     "METRICS",
+    "SIR",
     "SLCP",
     "Banana",
     "BayesianLinearRegression",
+    "BernoulliGLM",
     "BetaBinomial",
     "Calibration",
     "DigitsDenoising",
     "DigitsInpainting",
     "Funnel",
     "GaussianLinear",
+    "GaussianLinearUniform",
+    "GaussianMixture",
     "GaussianMixtureInverseProblem",
+    "LotkaVolterra",
     "NormalNormal",
     "Report",
+    "SbibmTask",
     "TargetDensity",
     "Task",
     "TwoModes",
@@ -36,22 +42,29 @@ __all__ = [
     "posterior_metrics",
     "prepare_digits",
     "register_task",
+    "sbibm_c2st",
     "sliced_wasserstein",
 ]
 
 from .calibration import Calibration, calibration
 from .compare import METRICS, Report, compare, posterior_metrics
 from .digits import DigitsDenoising, DigitsInpainting, digits_data, digits_prior, prepare_digits
-from .metrics import c2st, energy_distance, mmd, moment_errors, sliced_wasserstein
+from .metrics import c2st, energy_distance, mmd, moment_errors, sbibm_c2st, sliced_wasserstein
 from .mixed import UnknownNoiseMixture
 from .parallel import map_jobs
 from .tasks import (
+    SIR,
     SLCP,
     BayesianLinearRegression,
+    BernoulliGLM,
     BetaBinomial,
     GaussianLinear,
+    GaussianLinearUniform,
+    GaussianMixture,
     GaussianMixtureInverseProblem,
+    LotkaVolterra,
     NormalNormal,
+    SbibmTask,
     Task,
     TwoMoons,
     TwoMoonsLikelihood,

@@ -2,21 +2,32 @@ r"""Conditioning tasks with a known posterior, and a registry of them by name.
 
 The tasks come in families, one module each: :mod:`~condgen.evaluate.tasks.conjugate` (closed-form
 conjugate posteriors), :mod:`~condgen.evaluate.tasks.mixture` (a Gaussian-mixture prior observed
-linearly) and :mod:`~condgen.evaluate.tasks.sbi` (the simulation-based inference benchmark's
-Gaussian linear, two-moons and SLCP tasks); :class:`Task` (in
-:mod:`~condgen.evaluate.tasks.base`) is their base class. The registry lives here.
+linearly), and the simulation-based inference benchmark's tasks (Lueckmann et al., 2021):
+:mod:`~condgen.evaluate.tasks.sbi` (Gaussian linear, Gaussian linear uniform, Gaussian mixture,
+two moons, SLCP), :mod:`~condgen.evaluate.tasks.glm` (Bernoulli GLM) and
+:mod:`~condgen.evaluate.tasks.ode` (SIR, Lotka-Volterra), on :class:`SbibmTask` (in
+:mod:`~condgen.evaluate.tasks.sbibm`, which reads sbibm's observations and reference draws).
+:class:`Task` (in :mod:`~condgen.evaluate.tasks.base`) is their base class. The registry lives
+here; the benchmark's tasks are registered under sbibm's names too (``two_moons``,
+``gaussian_linear``, ...: sbibm's settings, observation 1 by default).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "SIR",
     "SLCP",
     "TASKS",
     "BayesianLinearRegression",
+    "BernoulliGLM",
     "BetaBinomial",
     "GaussianLinear",
+    "GaussianLinearUniform",
+    "GaussianMixture",
     "GaussianMixtureInverseProblem",
+    "LotkaVolterra",
     "NormalNormal",
+    "SbibmTask",
     "Task",
     "TwoMoons",
     "TwoMoonsLikelihood",
@@ -32,8 +43,18 @@ from collections.abc import Callable
 from .base import Task
 from .base import _generator as _generator  # for the task modules outside this package
 from .conjugate import BayesianLinearRegression, BetaBinomial, NormalNormal
+from .glm import BernoulliGLM
 from .mixture import _CIRCLE, GaussianMixtureInverseProblem
-from .sbi import SLCP, GaussianLinear, TwoMoons, TwoMoonsLikelihood
+from .ode import SIR, LotkaVolterra
+from .sbi import (
+    SLCP,
+    GaussianLinear,
+    GaussianLinearUniform,
+    GaussianMixture,
+    TwoMoons,
+    TwoMoonsLikelihood,
+)
+from .sbibm import SbibmTask
 
 TASKS: dict[str, type[Task] | Callable[..., Task]] = {}
 r"""The tasks by name: a :class:`Task` subclass or a function that returns a task."""
@@ -164,3 +185,12 @@ register_task("slcp", SLCP)
 register_task("normal-normal", NormalNormal)
 register_task("linear-regression", BayesianLinearRegression)
 register_task("beta-binomial", BetaBinomial)
+for _task in (TwoMoons, SLCP, GaussianLinear):  # sbibm's names: sbibm's settings, observation 1
+    if _task.name != _task.sbibm_name:
+        register_task(
+            _task.sbibm_name,
+            _task.sbibm,
+            description=f"{_task.description}, at sbibm's observations (1 to 10; default 1)",
+        )
+for _task in (GaussianMixture, GaussianLinearUniform, BernoulliGLM, SIR, LotkaVolterra):
+    register_task(_task.sbibm_name, _task)

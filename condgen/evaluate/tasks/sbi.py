@@ -1,16 +1,22 @@
-r"""Tasks of the simulation-based inference benchmark: the Gaussian linear task and the
-two-moons simulator, with their exact posteriors, and SLCP with sbibm's reference draws."""
+r"""Tasks of the simulation-based inference benchmark with a uniform or Gaussian prior and a
+closed-form likelihood: Gaussian linear (and its uniform-prior variant), Gaussian mixture, two
+moons and SLCP, with sbibm's observations and reference draws."""
 
 from __future__ import annotations
 
-__all__ = ["SLCP", "GaussianLinear", "TwoMoons", "TwoMoonsLikelihood"]
+__all__ = [
+    "SLCP",
+    "GaussianLinear",
+    "GaussianLinearUniform",
+    "GaussianMixture",
+    "TwoMoons",
+    "TwoMoonsLikelihood",
+]
 
-import bz2
-import csv
-import importlib.util
+import abc
 import math
 from collections.abc import Sequence
-from pathlib import Path
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -20,10 +26,11 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from ..._random import check_seed
-from .base import Task, _generator
+from .base import _generator
+from .sbibm import SbibmTask, rejection_sample
 
 
-class GaussianLinear(Task):
+class GaussianLinear(SbibmTask):
     r"""The Gaussian linear task of the simulation-based inference benchmark.
 
     .. math:: \theta \sim \mathcal{N}(0, s^2 I_d), \quad x \mid \theta \sim
@@ -31,14 +38,23 @@ class GaussianLinear(Task):
 
     with posterior :math:`\mathcal{N}(\mu, v I_d)`, :math:`v = (1/s^2 + 1/\sigma^2)^{-1} =
     s^2 \sigma^2 / (s^2 + \sigma^2)`, :math:`\mu = v x / \sigma^2 = s^2 x / (s^2 +
-    \sigma^2)`. The observation :math:`x_o` is simulated from a parameter drawn from the
-    prior. The defaults are the benchmark's: :math:`d = 10`, :math:`s = \sigma = 0.1`.
+    \sigma^2)`. By default the observation :math:`x_o` is simulated from a parameter drawn
+    from the prior, with :math:`d = 10`, :math:`s = \sigma = 0.1`.
+
+    sbibm's ``gaussian_linear`` task has variances :math:`s^2 = \sigma^2 = 0.1` (standard
+    deviations :math:`\sqrt{0.1} \approx 0.316`, not 0.1): :meth:`GaussianLinear.sbibm`
+    (``get_task("gaussian_linear", observation=n)``) builds it at sbibm's observation ``n``,
+    with its :attr:`truth` and reference draws (:meth:`sbibm_samples`).
+    :meth:`reference_samples` draws the closed-form posterior.
 
     Arguments:
         dim: The dimension :math:`d`.
         prior_scale: :math:`s`.
         noise: :math:`\sigma`.
         seed: Seed of the simulated parameter and observation.
+        observation: None to simulate :math:`x_o`; sbibm's observation number, 1 to 10 (with
+            sbibm's settings only: ``dim=10``, ``prior_scale=noise=sqrt(0.1)``); or
+            :math:`d` numbers.
 
     Example:
         >>> from condgen.evaluate import GaussianLinear
@@ -55,14 +71,39 @@ class GaussianLinear(Task):
     description = (
         "theta ~ N(0, s^2 I), x ~ N(theta, sigma^2 I): the SBI benchmark's Gaussian linear task"
     )
+    default_methods = ("nuts", "svi", "importance")
+    sbibm_name = "gaussian_linear"
+    sbibm_options: ClassVar[dict[str, float]] = {
+        "dim": 10,
+        "prior_scale": math.sqrt(0.1),
+        "noise": math.sqrt(0.1),
+    }
 
-    def __init__(self, dim: int = 10, prior_scale: float = 0.1, noise: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        dim: int = 10,
+        prior_scale: float = 0.1,
+        noise: float = 0.1,
+        seed: int = 0,
+        observation: int | Tensor | Sequence[float] | None = None,
+    ):
         if dim < 1 or not (prior_scale > 0 and noise > 0):
             raise ValueError("dim must be positive, and prior_scale and noise positive")
         self.dim, self.prior_scale, self.noise = dim, prior_scale, noise
-        generator = _generator(seed)
-        self.truth = prior_scale * torch.randn(dim, generator=generator)
-        self.data = {"x": self.truth + noise * torch.randn(dim, generator=generator)}
+        if observation is None:
+            generator = _generator(seed)
+            self.truth = prior_scale * torch.randn(dim, generator=generator)
+            self.data = {"x": self.truth + noise * torch.randn(dim, generator=generator)}
+            return
+        if isinstance(observation, int) and (dim, prior_scale, noise) != tuple(
+            self.sbibm_options.values()
+        ):
+            raise ValueError(
+                "sbibm's gaussian_linear observations are of dim=10, prior_scale=noise=sqrt(0.1): "
+                "use GaussianLinear.sbibm(observation) or get_task('gaussian_linear', "
+                f"observation={observation})"
+            )
+        self._observe(observation, (dim,))
 
     def model(self) -> None:
         prior = dist.Normal(0.0, self.prior_scale).expand([self.dim]).to_event(1)
@@ -186,7 +227,7 @@ class TwoMoonsLikelihood(TorchDistribution):
         return log_normal - (math.pi * norm).log()
 
 
-class TwoMoons(Task):
+class TwoMoons(SbibmTask):
     r"""The two-moons task of the simulation-based inference benchmark, as a Pyro model.
 
     .. math:: \theta \sim \mathcal{U}([-1, 1]^2), \quad x \mid \theta \sim
@@ -220,7 +261,9 @@ class TwoMoons(Task):
         seed: Seed of the simulated observation when ``observation="simulated"``.
         observation: :math:`x_o`: ``None`` for :math:`(0, 0)`, the standard picture of the
             task; ``"simulated"`` for a draw of the model from a :math:`\theta` drawn from the
-            prior (both seeded by ``seed``); or a pair of numbers.
+            prior (both seeded by ``seed``); sbibm's observation number, 1 to 10 (with its
+            :attr:`truth` and sbibm's reference draws, :meth:`sbibm_samples`); or a pair of
+            numbers.
 
     Example:
         >>> from condgen.evaluate import TwoMoons
@@ -240,11 +283,15 @@ class TwoMoons(Task):
 
     name = "two-moons"
     description = "uniform prior on [-1, 1]^2, two-moons simulator: a two-crescent posterior"
+    default_methods = ("nuts", "svi", "importance")
+    sbibm_name = "two_moons"
 
-    def __init__(self, seed: int = 0, observation: Tensor | Sequence[float] | str | None = None):
+    def __init__(
+        self, seed: int = 0, observation: int | Tensor | Sequence[float] | str | None = None
+    ):
         self.seed = check_seed(seed)
         if observation is None:
-            x = torch.zeros(2)
+            self.data = {"x": torch.zeros(2)}
         elif isinstance(observation, str):
             if observation != "simulated":
                 raise ValueError(f"observation must be 'simulated' or a pair, got {observation!r}")
@@ -252,11 +299,9 @@ class TwoMoons(Task):
             self.truth = 2 * torch.rand(2, generator=generator) - 1
             q1, q2 = _moons_noise(torch.Size(), self.truth, generator)
             x = torch.stack((q1 + TwoMoonsLikelihood.offset, q2)) + _moons_shift(self.truth)
+            self.data = {"x": x}
         else:
-            x = torch.as_tensor(observation, dtype=torch.get_default_dtype())
-            if x.shape != (2,) or not torch.isfinite(x).all():
-                raise ValueError(f"observation must be 2 finite numbers, got {observation!r}")
-        self.data = {"x": x}
+            self._observe(observation, (2,))
 
     def model(self) -> None:
         theta = pyro.sample("theta", dist.Uniform(-1.0, 1.0).expand([2]).to_event(1))
@@ -272,59 +317,22 @@ class TwoMoons(Task):
             ValueError: If fewer than ``num_samples`` of ``max_proposals`` proposals are
                 accepted (an observation the simulator can hardly reach from the box).
         """
-        generator = _generator(seed)
         x = self.data["x"].double()
-        kept, count, proposals, batch = [], 0, 0, max(num_samples, 1024)
-        while count < num_samples and proposals < max_proposals:
-            q1, q2 = _moons_noise(torch.Size([batch]), x, generator)
+
+        def propose(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            q1, q2 = _moons_noise(torch.Size([n]), x, generator)
             w = q1 - x[0] + TwoMoonsLikelihood.offset  # |u|
             v = x[1] - q2
-            sign = torch.randint(2, (batch,), generator=generator, dtype=x.dtype) * 2 - 1
+            sign = torch.randint(2, (n,), generator=generator, dtype=x.dtype) * 2 - 1
             u = sign * w
             theta = torch.stack((u - v, u + v), dim=-1) / math.sqrt(2)
-            accepted = theta[(w > 0) & (theta.abs() <= 1).all(-1)]
-            kept.append(accepted)
-            count, proposals = count + len(accepted), proposals + batch
-            rate = max(count, 1) / proposals
-            batch = min(int(1.2 * (num_samples - count) / rate) + 1024, 2**20)
-        if count < num_samples:
-            raise ValueError(
-                f"only {count} of {proposals} proposals fell in the prior box for the "
-                f"observation {self.data['x'].tolist()}: it is (nearly) out of the simulator's "
-                "reach"
-            )
-        draws = torch.cat(kept)[:num_samples]
+            return theta, (w > 0) & (theta.abs() <= 1).all(-1)
+
+        draws = rejection_sample(propose, num_samples, seed, max_proposals, x)
         return {"theta": draws.to(self.data["x"].dtype)}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(observation={self.data['x'].tolist()})"
 
-
-def _sbibm_slcp_files() -> Path:
-    r"""The folder of sbibm's SLCP files (observations, reference draws), found without
-    importing sbibm (whose imports need packages condgen does not)."""
-    spec = importlib.util.find_spec("sbibm")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "SLCP's observations and reference draws are those of sbibm, which is not "
-            "installed: `pip install --no-deps sbibm` (its data files only are read), or pass "
-            "an observation tensor"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "tasks" / "slcp" / "files"
-    if not folder.is_dir():
-        raise ImportError(f"sbibm is installed but has no SLCP files at {folder}")
-    return folder
-
-
-def _read_csv(path: Path) -> Tensor:
-    r"""A numeric CSV file with a header row (plain or ``.bz2``), as ``[rows, columns]``."""
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt", newline="") as file:
-        rows = list(csv.reader(file))[1:]
-    return torch.tensor([[float(v) for v in row] for row in rows if row])
-
-
-class SLCP(Task):
+class SLCP(SbibmTask):
     r"""The SLCP task ("simple likelihood, complex posterior") of the simulation-based
     inference benchmark, as a Pyro model.
 
@@ -388,34 +396,11 @@ class SLCP(Task):
         "theta: the SBI benchmark's SLCP task (sbibm's observations and reference draws)"
     )
     exact = False
-    default_methods = ("nuts", "tempered")
+    sbibm_name = "slcp"
     num_data, jitter, bound = 4, 1e-6, 3.0
-    num_observations = 10
 
     def __init__(self, observation: int | Tensor | Sequence[float] = 1):
-        self.num_observation: int | None = None
-        self.truth: Tensor | None = None
-        self._reference: Tensor | None = None
-        if isinstance(observation, int) and not isinstance(observation, bool):
-            if not 1 <= observation <= self.num_observations:
-                raise ValueError(
-                    f"sbibm's SLCP observations are numbered 1 to {self.num_observations}, "
-                    f"got {observation}"
-                )
-            folder = _sbibm_slcp_files() / f"num_observation_{observation}"
-            self.num_observation = observation
-            x = _read_csv(folder / "observation.csv")
-            self.truth = _read_csv(folder / "true_parameters.csv").reshape(5)
-        else:
-            x = torch.as_tensor(observation, dtype=torch.get_default_dtype())
-            if x.numel() != 2 * self.num_data or x.shape not in ((8,), (1, 8), (4, 2)):
-                raise ValueError(
-                    f"observation must be a number 1 to {self.num_observations} or 8 numbers "
-                    f"(shaped [8], [1, 8] or [4, 2]), got shape {tuple(x.shape)}"
-                )
-            if not torch.isfinite(x).all():
-                raise ValueError("observation must be finite")
-        self.data = {"x": x.reshape(self.num_data, 2)}
+        self._observe(observation, (self.num_data, 2))
 
     def likelihood(self, theta: Tensor) -> Distribution:
         r"""The distribution of the four draws given ``theta`` ``[*batch, 5]``: batch shape
@@ -437,29 +422,145 @@ class SLCP(Task):
         theta = pyro.sample("theta", prior)
         pyro.sample("x", self.likelihood(theta))
 
-    def reference_samples(self, num_samples: int, seed: int = 0) -> dict[str, Tensor]:
-        r"""``num_samples`` of sbibm's 10,000 reference posterior draws (a random subset
-        chosen by ``seed``, without replacement), ``{"theta": [num_samples, 5]}``.
+
+class _BoxLocationTask(SbibmTask):
+    r"""A uniform prior on a box and a likelihood symmetric about :math:`\theta`:
+    :math:`\theta \sim \mathcal{U}([-b, b]^d)`, :math:`x \mid \theta \sim f(x - \theta)` with
+    :math:`f(-\epsilon) = f(\epsilon)`.
+
+    Exact sampler (:meth:`reference_samples`). The posterior is :math:`p(\theta \mid x_o)
+    \propto \mathbb{1}_{[-b, b]^d}(\theta) \, f(x_o - \theta) = \mathbb{1}_{[-b, b]^d}(\theta)
+    \, f(\theta - x_o)`: the likelihood's own distribution at :math:`\theta = x_o`, restricted
+    to the box. So draws of the simulator at :math:`x_o` that fall in the box are exact
+    posterior draws (rejection sampling with acceptance rate :math:`P(x_o + \epsilon \in [-b,
+    b]^d)`).
+    """
+
+    exact = True
+    bound: ClassVar[float]
+    dim: ClassVar[int]
+
+    def __init__(self, observation: int | Tensor | Sequence[float] = 1):
+        self._observe(observation, (self.dim,))
+
+    @abc.abstractmethod
+    def likelihood(self, theta: Tensor) -> Distribution:
+        r"""The distribution of :math:`x` given ``theta`` ``[*batch, d]``: batch shape
+        ``batch``, event shape ``[d]``."""
+
+    def model(self) -> None:
+        prior = dist.Uniform(-self.bound, self.bound).expand([self.dim]).to_event(1)
+        theta = pyro.sample("theta", prior)
+        pyro.sample("x", self.likelihood(theta))
+
+    def reference_samples(
+        self, num_samples: int, seed: int = 0, max_proposals: int = 10**8
+    ) -> dict[str, Tensor]:
+        r"""Exact posterior draws, ``{"theta": [num_samples, d]}``, by the sampler of the class
+        docstring (the global random state is left alone).
 
         Raises:
-            ValueError: If the task was built on an observation tensor (no reference draws),
-                or more than 10,000 draws are asked for.
+            ValueError: If fewer than ``num_samples`` of ``max_proposals`` proposals fall in
+                the box.
         """
-        if self.num_observation is None:
-            raise ValueError(
-                "SLCP has reference draws for sbibm's observations only (observation=1..10), "
-                "not for a given observation tensor"
-            )
-        if self._reference is None:
-            folder = _sbibm_slcp_files() / f"num_observation_{self.num_observation}"
-            self._reference = _read_csv(folder / "reference_posterior_samples.csv.bz2")
-        available = len(self._reference)
-        if not 0 <= num_samples <= available:
-            raise ValueError(f"sbibm has {available} reference draws, {num_samples} were asked")
-        index = torch.randperm(available, generator=_generator(seed))[:num_samples]
-        return {"theta": self._reference[index].clone()}
+        x = self.data["x"].double()
+        simulator = self.likelihood(x)
 
-    def __repr__(self) -> str:
-        if self.num_observation is not None:
-            return f"{type(self).__name__}(observation={self.num_observation})"
-        return f"{type(self).__name__}(observation={self.data['x'].reshape(-1).tolist()})"
+        def propose(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            with torch.random.fork_rng():
+                torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+                theta = simulator.sample((n,))
+            return theta, (theta.abs() <= self.bound).all(-1)
+
+        draws = rejection_sample(propose, num_samples, seed, max_proposals, x)
+        return {"theta": draws.to(self.data["x"].dtype)}
+
+
+class GaussianMixture(_BoxLocationTask):
+    r"""The Gaussian mixture task of the simulation-based inference benchmark, as a Pyro model.
+
+    .. math:: \theta \sim \mathcal{U}([-10, 10]^2), \quad x \mid \theta \sim
+        \tfrac12 \mathcal{N}(\theta, I_2) + \tfrac12 \mathcal{N}(\theta, 0.01 \, I_2),
+
+    a broad and a narrow component with a common mean (Sisson et al., 2007, in two
+    dimensions). The posterior is the same mixture centred at :math:`x_o`, restricted to the
+    box, and :meth:`reference_samples` draws it exactly (see :class:`_BoxLocationTask`). The
+    latent site is ``"theta"`` ``[2]``, the observed site ``"x"`` ``[2]``.
+
+    Arguments:
+        observation: sbibm's observation number, 1 to 10 (its :attr:`truth` and reference
+            draws :meth:`sbibm_samples` come with it), or 2 numbers.
+
+    Raises:
+        ImportError: If an observation number is given and sbibm is not installed.
+
+    Example:
+        >>> import torch
+        >>> from condgen.evaluate import GaussianMixture
+        >>> task = GaussianMixture(observation=torch.tensor([1.0, -2.0]))
+        >>> task.reference_samples(1000)["theta"].shape
+        torch.Size([1000, 2])
+
+    References:
+        | Sequential Monte Carlo without likelihoods (Sisson, Fan and Tanaka, 2007)
+        | https://doi.org/10.1073/pnas.0607208104
+
+        | Benchmarking Simulation-Based Inference (Lueckmann et al., 2021)
+        | https://arxiv.org/abs/2101.04653
+    """
+
+    name = sbibm_name = "gaussian_mixture"
+    description = (
+        "uniform prior on [-10, 10]^2, x ~ N(theta, I)/2 + N(theta, 0.01 I)/2: the SBI "
+        "benchmark's Gaussian mixture (sbibm's observations)"
+    )
+    bound, dim = 10.0, 2
+    scales, weights = (1.0, 0.1), (0.5, 0.5)
+
+    def likelihood(self, theta: Tensor) -> Distribution:
+        scales = theta.new_tensor(self.scales).unsqueeze(-1)  # [components, 1]
+        components = dist.Normal(theta.unsqueeze(-2), scales).to_event(1)
+        mixing = dist.Categorical(theta.new_tensor(self.weights).expand(components.batch_shape))
+        return dist.MixtureSameFamily(mixing, components)
+
+
+class GaussianLinearUniform(_BoxLocationTask):
+    r"""The Gaussian linear task with a uniform prior, of the simulation-based inference
+    benchmark, as a Pyro model.
+
+    .. math:: \theta \sim \mathcal{U}([-1, 1]^{10}), \quad x \mid \theta \sim
+        \mathcal{N}(\theta, 0.1 \, I_{10}).
+
+    The posterior is :math:`\mathcal{N}(x_o, 0.1 \, I)` restricted to the box, a product of
+    truncated normals, and :meth:`reference_samples` draws it exactly (see
+    :class:`_BoxLocationTask`). The latent site is ``"theta"`` ``[10]``, the observed site
+    ``"x"`` ``[10]``.
+
+    Arguments:
+        observation: sbibm's observation number, 1 to 10 (its :attr:`truth` and reference
+            draws :meth:`sbibm_samples` come with it), or 10 numbers.
+
+    Raises:
+        ImportError: If an observation number is given and sbibm is not installed.
+
+    Example:
+        >>> import torch
+        >>> from condgen.evaluate import GaussianLinearUniform
+        >>> task = GaussianLinearUniform(observation=torch.zeros(10))
+        >>> task.reference_samples(1000)["theta"].shape
+        torch.Size([1000, 10])
+
+    References:
+        | Benchmarking Simulation-Based Inference (Lueckmann et al., 2021)
+        | https://arxiv.org/abs/2101.04653
+    """
+
+    name = sbibm_name = "gaussian_linear_uniform"
+    description = (
+        "uniform prior on [-1, 1]^10, x ~ N(theta, 0.1 I): the SBI benchmark's Gaussian linear "
+        "uniform task (sbibm's observations)"
+    )
+    bound, dim, noise = 1.0, 10, math.sqrt(0.1)
+
+    def likelihood(self, theta: Tensor) -> Distribution:
+        return dist.Normal(theta, self.noise).to_event(1)
