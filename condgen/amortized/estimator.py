@@ -8,7 +8,9 @@ __all__ = ["PosteriorEstimator"]
 import abc
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import pyro.poutine as poutine
@@ -19,7 +21,8 @@ from .._random import seeded
 from .._training import WHOLE, Trainer, fingerprint, shuffled
 from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
-from .sites import embedding_features, flatten_observations, observation
+from .sequential import fit_sequential
+from .sites import embedding_features, flatten_observations, observation, observation_dict
 from .training import finite_simulations, split, standardisation, training_options
 
 _SIMULATION_BATCH = 10_000
@@ -72,6 +75,11 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         observed_sites: The observed :class:`~condgen.Site` objects, by name.
         training_losses: The mean training loss of each epoch of :meth:`fit`.
         validation_losses: The validation loss after each epoch of :meth:`fit`.
+        x_o: The observation of a sequential fit (:meth:`fit` with ``rounds > 1``) by observed
+            site, or None for an amortized estimator. :meth:`sample` and :meth:`log_prob` warn
+            at another observation.
+        sequential_rounds: The diagnostics of each round of a sequential fit (see
+            :func:`~condgen.amortized.fit_sequential`).
 
     Raises:
         ValueError: If ``observed`` names a site the model does not have, leaves no latent
@@ -91,6 +99,15 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         "clip": 5.0,
     }
     r"""The defaults of the training options of :meth:`fit` that are None there."""
+    truncation_defaults: ClassVar[dict[str, Any]] = {
+        "draws": 100_000,
+        "oversampling": 100,
+        "log_prob": {},
+    }
+    r"""The defaults of the truncated prior of sequential rounds (:meth:`fit` with
+    ``rounds > 1``, see :class:`~condgen.amortized.TruncatedPrior`): the draws of
+    :math:`q(\theta \mid x_o)` behind the threshold, the candidates per draw of
+    sampling-importance-resampling, and the options of :meth:`_log_prob` there."""
     version: ClassVar[int] = 1
 
     def __init__(
@@ -131,6 +148,8 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         self.embedding = embedding
         self.training_losses: list[float] = []
         self.validation_losses: list[float] = []
+        self.x_o: dict[str, Tensor] | None = None
+        self.sequential_rounds: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------- hooks
 
@@ -147,9 +166,11 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         r"""Draws ``[num_samples, K]`` of the standardised latents given one context ``[C]``."""
 
     @abc.abstractmethod
-    def _log_prob(self, u: Tensor, context: Tensor) -> Tensor:
+    def _log_prob(self, u: Tensor, context: Tensor, **options: Any) -> Tensor:
         r"""The log-density of standardised latents ``[*batch, K]`` given contexts
-        ``[*batch, C]``, shaped ``batch``."""
+        ``[*batch, C]``, shaped ``batch``; ``options`` (those of
+        :attr:`truncation_defaults`, when the truncation of sequential rounds asks) tune its
+        computation."""
 
     @abc.abstractmethod
     def _network_config(self) -> dict[str, Any]:
@@ -230,6 +251,11 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         num_simulations: int = 10_000,
         *,
         simulations: Mapping[str, Tensor] | None = None,
+        rounds: int = 1,
+        x_o: Mapping[str, Any] | Tensor | None = None,
+        truncation: float = 1e-4,
+        truncation_draws: int | None = None,
+        oversampling: int | None = None,
         max_epochs: int | None = None,
         batch_size: int | None = None,
         lr: float | None = None,
@@ -256,13 +282,32 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         decays and early stopping on the validation loss, keeping the averaged weights of the
         lowest validation loss.
 
-        Options left None take the estimator's defaults, :attr:`fit_defaults`.
+        With ``rounds`` :math:`R > 1` the fit is sequential, for the one observation ``x_o``
+        (truncated sequential NPE, Deistler et al., 2022; see
+        :func:`~condgen.amortized.fit_sequential`): round 1 simulates :math:`N / R` parameters
+        from the prior, each later round its share from the prior truncated to the region
+        :math:`\{\theta : \log q(\theta \mid x_o) \ge \tau_\epsilon\}` of the current
+        estimate, :math:`\tau_\epsilon` the ``truncation`` quantile :math:`\epsilon` of
+        :math:`\log q` under :math:`q(\cdot \mid x_o)`, and the network is trained again on all
+        simulations so far with the same loss. The budget is :math:`N` simulations over all
+        rounds. The estimator is then valid at ``x_o`` only (:attr:`x_o` records it).
+
+        Options left None take the estimator's defaults, :attr:`fit_defaults` and
+        :attr:`truncation_defaults`.
 
         Arguments:
-            num_simulations: The number :math:`N` of simulations.
+            num_simulations: The number :math:`N` of simulations (over all rounds).
             simulations: Simulations to train on instead (e.g. from :meth:`simulate`): every
-                latent and observed site, shaped ``[N, *site.shape]``.
-            max_epochs: The maximum number of epochs.
+                latent and observed site, shaped ``[N, *site.shape]``; one round only.
+            rounds: The number :math:`R` of rounds; 1 trains an amortized estimator.
+            x_o: The observation of a sequential fit, as :meth:`sample` takes it; needed when
+                ``rounds > 1`` (with ``rounds=1`` it is checked, and not used).
+            truncation: The quantile :math:`\epsilon` in :math:`(0, 1)` of the truncation.
+            truncation_draws: The draws of :math:`q(\theta \mid x_o)` that estimate
+                :math:`\tau_\epsilon`.
+            oversampling: The candidates per draw when the truncated prior is sampled by
+                sampling-importance-resampling.
+            max_epochs: The maximum number of epochs (of each round).
             batch_size: The minibatch size.
             lr: Adam's learning rate.
             validation_fraction: The fraction of simulations held out, in :math:`(0, 1)`.
@@ -272,44 +317,114 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             ema: The decay :math:`\beta` of the moving average of the weights, or 0 to
                 validate and keep the raw weights.
             clip: The maximum gradient norm, or 0 not to clip.
-            progress: Whether to show a progress bar.
-            seed: Seeds the simulations, the split, the minibatches and the loss's noise (the
-                initial weights are drawn when the estimator is made); the global random state
-                is left alone.
+            progress: Whether to show a progress bar (one per round).
+            seed: Seeds the simulations, the split, the minibatches and the loss's noise, and
+                with ``rounds > 1`` every round's truncation and simulations (the initial
+                weights are drawn when the estimator is made); the global random state is left
+                alone.
             checkpoint: A file that makes the fit resumable: every ``every`` epochs and at the
                 end the whole training state is written to it atomically, and a call with the
                 same arguments that finds it goes on from there (or, once finished, returns
                 the stored losses at once). Resuming needs the same simulations: pass ``seed``
-                or ``simulations``. A file of another fit raises a ValueError.
+                or ``simulations``. A file of another fit raises a ValueError. Not with
+                ``rounds > 1``.
             every: The epochs between checkpoints (None: 1).
             autocast: None, or ``torch.bfloat16`` for mixed-precision losses (see
                 :func:`~condgen.priors.training.fit_path_prior`); it pays on CUDA with large
                 embedding networks, hardly with the default small MLPs.
 
         Returns:
-            The mean training loss of each epoch (also in :attr:`training_losses`; the
-            validation losses are in :attr:`validation_losses`).
+            The mean training loss of each epoch, of all rounds in turn (also in
+            :attr:`training_losses`; the validation losses are in :attr:`validation_losses`).
 
         Raises:
-            ValueError: For bad options or simulations, or when fewer than 2 finite
-                simulations remain.
+            ValueError: For bad options, observations or simulations, or when fewer than 2
+                finite simulations remain.
             FloatingPointError: If the training loss becomes NaN or infinite.
+
+        Example:
+            >>> import condgen
+            >>> from condgen.amortized import NPE
+            >>> task = condgen.evaluate.GaussianLinear(dim=2)
+            >>> npe = NPE(task.model, observed=["x"], transforms=1, hidden_features=[16])
+            >>> # a real fit: npe.fit(num_simulations=10_000, rounds=4, x_o=task.data)
+            >>> losses = npe.fit(400, rounds=2, x_o=task.data, max_epochs=2, progress=False,
+            ...                  seed=0)
+            >>> int(npe.num_simulations), [r["sampler"] for r in npe.sequential_rounds]
+            (400, ['prior', 'rejection'])
         """
         given = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr}
         given |= {"patience": patience, "lr_decay": lr_decay, "ema": ema, "clip": clip}
         options = training_options(self.fit_defaults, given, validation_fraction)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        if x_o is not None:
+            x_o = self._observation(x_o, "x_o")
+        train = partial(
+            self._train, options=options, validation_fraction=validation_fraction,
+            progress=progress, autocast=autocast,
+        )  # fmt: skip
+        if rounds > 1:
+            if x_o is None:
+                raise ValueError(
+                    f"rounds={rounds} trains for one observation: pass it, fit(..., "
+                    f"rounds={rounds}, x_o=observation)"
+                )
+            if simulations is not None:
+                raise ValueError(
+                    "simulations cannot be given with rounds > 1: the rounds simulate from "
+                    "truncated priors that depend on the estimate"
+                )
+            if checkpoint is not None:
+                raise ValueError(
+                    "checkpoint cannot be given with rounds > 1: a sequential fit cannot be "
+                    "resumed (each round's simulations depend on the previous estimate)"
+                )
+            return fit_sequential(
+                self, num_simulations, rounds, x_o, train, truncation=truncation,
+                draws=truncation_draws, oversampling=oversampling, seed=seed,
+                validation_fraction=validation_fraction,
+            )  # fmt: skip
         if simulations is None:
             simulations = self.simulate(num_simulations, seed=seed)
+        epochs, used = train(simulations, seed=seed, checkpoint=checkpoint, every=every)
+        self.num_simulations.fill_(int(self.num_simulations) + used)
+        return epochs
+
+    def _train(
+        self,
+        simulations: Mapping[str, Tensor],
+        *,
+        options: Mapping[str, Any],
+        validation_fraction: float,
+        progress: bool,
+        autocast: torch.dtype | None,
+        seed: int | None,
+        checkpoint: str | os.PathLike | None = None,
+        every: int | None = None,
+        label: str | None = None,
+        held_out: Tensor | None = None,
+    ) -> tuple[list[float], int]:
+        r"""Trains the network on ``simulations`` (see :meth:`fit`), appends the losses to
+        :attr:`training_losses` and :attr:`validation_losses`, and returns the training losses
+        of the epochs and the number of finite simulations trained on (the caller counts them
+        in :attr:`num_simulations`). ``held_out``, a mask ``[N]``, fixes the validation
+        simulations (else a random ``validation_fraction`` of them); ``label`` names the
+        progress bar."""
         self._follow(simulations)
-        theta, x = self._training_data(simulations)
+        theta, x, finite = self._training_data(simulations)
         with seeded(seed, theta.device):
             rest, valid = split(len(theta), validation_fraction, theta.device)
+            if held_out is not None:
+                held_out = held_out.to(finite.device)[finite]
+                if 0 < int(held_out.sum()) < len(held_out):
+                    rest, valid = held_out.logical_not().nonzero()[:, 0], held_out.nonzero()[:, 0]
             if not self.trained:
                 self.latent_loc, self.latent_scale = standardisation(theta[rest])
                 self.observation_loc, self.observation_scale = standardisation(x[rest])
             trainer = Trainer(
                 self, lr=options["lr"], clip=options["clip"], ema=options["ema"], warmup=False,
-                label=self.label, autocast=autocast,
+                label=label or self.label, autocast=autocast,
             )  # fmt: skip
             identity = None if checkpoint is None else {**options, "data": fingerprint(theta, x)}
             history = trainer.fit(
@@ -326,10 +441,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 every=every,
                 identity=identity,
             )
-        self.num_simulations.fill_(int(self.num_simulations) + len(theta))
         self.training_losses += history.epochs
         self.validation_losses += history.validation
-        return history.epochs
+        return history.epochs, len(theta)
 
     def _follow(self, simulations: Mapping[str, Tensor]) -> None:
         r"""Moves the estimator (network, embedding and standardisation) to the device and
@@ -339,9 +453,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
         if isinstance(reference, Tensor) and reference.is_floating_point():
             self.to(device=reference.device, dtype=reference.dtype)
 
-    def _training_data(self, simulations: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        r"""The finite simulations as unconstrained latents ``[N, K]``, flat observations
-        ``[N, D]``."""
+    def _training_data(self, simulations: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        r"""The finite simulations as unconstrained latents ``[N, K]`` and flat observations
+        ``[N, D]``, and the mask of the finite ones among all."""
         observations = {n: v for n, v in simulations.items() if n in self.observed_sites}
         with torch.no_grad():
             theta, _ = self._unconstrained.pack(simulations, self.latent_loc)
@@ -357,6 +471,41 @@ class PosteriorEstimator(nn.Module, abc.ABC):
 
     # ---------------------------------------------------------------------------- inference
 
+    def _observation(self, x: Mapping[str, Any] | Tensor, name: str) -> dict[str, Tensor]:
+        r"""One observation ``x`` (a tensor when one site is observed) by observed site, as
+        tensors of the site shapes, checked to be finite; errors name the argument ``name``."""
+        try:
+            x = observation_dict(self.observed_sites, x)
+            flat = observation(
+                self.observed_sites, x, self.latent_sites, self.latent_loc, self.label
+            )
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        if flat.dim() != 1:
+            raise ValueError(
+                f"{name} must be one observation, got a batch {tuple(flat.shape[:-1])} of them"
+            )
+        return {n: torch.as_tensor(x[n]) for n in self.observed_sites}
+
+    def _context(self, x: Mapping[str, Any] | Tensor) -> Tensor:
+        r"""The network's context of an observation (or a batch of them), ``[*batch, C]``;
+        warns when the estimator was trained sequentially for another observation."""
+        flat = observation(self.observed_sites, x, self.latent_sites, self.latent_loc, self.label)
+        if self.x_o is not None:
+            trained = self._flat_observations(self.x_o).to(flat)
+            tolerance = 1e-5 * (1 + trained.abs().max())
+            if not bool(((flat - trained).abs() <= tolerance).all()):
+                warnings.warn(
+                    f"this {self.label} estimator was trained sequentially for one observation "
+                    f"(fit(rounds={len(self.sequential_rounds)}, x_o=...), recorded in "
+                    "estimator.x_o): its posterior at another observation is not valid, since "
+                    "the later rounds simulated parameters near x_o's posterior only; train an "
+                    "amortized estimator (rounds=1) for other observations",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return self._embed(flat)
+
     def sample(self, x: Mapping[str, Any] | Tensor, num_samples: int) -> dict[str, Tensor]:
         r"""Draws from the estimated posterior :math:`q(\theta \mid x)` of one observation.
 
@@ -371,17 +520,21 @@ class PosteriorEstimator(nn.Module, abc.ABC):
 
         Raises:
             ValueError: If the estimator is untrained or the observation does not fit.
+
+        Warns:
+            UserWarning: If the estimator was trained sequentially (:attr:`x_o`) for another
+                observation.
         """
         self._check_trained()
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        x = observation(self.observed_sites, x, self.latent_sites, self.latent_loc, self.label)
-        if x.dim() != 1:
+        context = self._context(x)
+        if context.dim() != 1:
             raise ValueError(
-                f"sample takes one observation, got a batch {tuple(x.shape[:-1])} of them"
+                f"sample takes one observation, got a batch {tuple(context.shape[:-1])} of them"
             )
         with torch.no_grad():
-            u = self._sample(self._embed(x), num_samples)
+            u = self._sample(context, num_samples)
             return self._unconstrained.unpack(u * self.latent_scale + self.latent_loc)
 
     def log_prob(self, values: Mapping[str, Tensor], x: Mapping[str, Any] | Tensor) -> Tensor:
@@ -395,18 +548,25 @@ class PosteriorEstimator(nn.Module, abc.ABC):
 
         Returns:
             The log-densities, shaped ``[*batch]``; differentiable in the values.
+
+        Warns:
+            UserWarning: If the estimator was trained sequentially (:attr:`x_o`) for another
+                observation.
         """
         self._check_trained()
+        return self._log_density(values, self._context(x))
+
+    def _log_density(
+        self, values: Mapping[str, Tensor], context: Tensor, **options: Any
+    ) -> Tensor:
+        r""":meth:`log_prob` given the network's context; ``options`` go to :meth:`_log_prob`."""
         z, log_det = self._unconstrained.pack(values, self.latent_loc)
-        context = self._embed(
-            observation(self.observed_sites, x, self.latent_sites, self.latent_loc, self.label)
-        )
         u = (z - self.latent_loc) / self.latent_scale
         if context.dim() > 1:
             batch = torch.broadcast_shapes(u.shape[:-1], context.shape[:-1])
             u = u.expand(*batch, u.shape[-1])
             context = context.expand(*batch, context.shape[-1])
-        log_q = self._log_prob(u, context)
+        log_q = self._log_prob(u, context, **options)
         return log_q - self.latent_scale.log().sum() - log_det
 
     # ---------------------------------------------------------------------------- save/load

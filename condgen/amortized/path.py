@@ -68,6 +68,17 @@ class PathEstimator(PosteriorEstimator):
         "ema": 0.995,
         "clip": 1.0,
     }
+    truncation_defaults: ClassVar[dict[str, Any]] = {
+        "draws": 1000,
+        "oversampling": 10,
+        "log_prob": {"atol": 1e-3, "rtol": 1e-2},
+    }
+    r"""As for every estimator (see
+    :attr:`~condgen.amortized.PosteriorEstimator.truncation_defaults`), with fewer draws and
+    candidates, and looser ODE tolerances: the truncation of sequential rounds solves one
+    probability-flow ODE per draw and candidate (about 0.5 ms a draw in 2 dimensions and 2 to
+    3 ms in 10 on one CPU thread at these tolerances, 5 to 20 ms at those of :meth:`log_prob`;
+    the log-density moves by about 0.2)."""
 
     def __init__(
         self,
@@ -139,8 +150,8 @@ class PathEstimator(PosteriorEstimator):
         self._nfe = counter.per_particle(num_samples)["nfe"]
         return u
 
-    def _log_prob(self, u: Tensor, context: Tensor) -> Tensor:
-        return self.prior.given(context).log_prob(u)
+    def _log_prob(self, u: Tensor, context: Tensor, **options: Any) -> Tensor:
+        return self.prior.given(context).log_prob(u, **options)
 
     def _network_config(self) -> dict[str, Any]:
         return {

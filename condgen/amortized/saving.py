@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .._format import check_plain, read, write
 from ..problem import Site
@@ -27,6 +27,8 @@ class _Estimator(Protocol):
     embedding: nn.Module | None
     training_losses: list[float]
     validation_losses: list[float]
+    x_o: dict[str, Tensor] | None
+    sequential_rounds: list[dict[str, Any]]
 
     def __init__(self, model: Callable, observed: Any, **options: Any) -> None: ...
     def _network_config(self) -> dict[str, Any]: ...
@@ -52,6 +54,10 @@ def _config(estimator: _Estimator) -> dict[str, Any]:
         else f"{type(embedding).__module__}.{type(embedding).__qualname__}",
         "training_losses": list(estimator.training_losses),
         "validation_losses": list(estimator.validation_losses),
+        "x_o": None
+        if estimator.x_o is None
+        else {n: v.tolist() for n, v in estimator.x_o.items()},
+        "sequential_rounds": [dict(r) for r in estimator.sequential_rounds],
     }
     check_plain(config, f"the {estimator.label} configuration")
     return config
@@ -115,4 +121,10 @@ def load_estimator(
         raise ValueError(f"the weights in {path} do not fit the estimator: {error}") from None
     estimator.training_losses = list(config.get("training_losses", []))
     estimator.validation_losses = list(config.get("validation_losses", []))
+    x_o = config.get("x_o")
+    if x_o is not None:
+        estimator.x_o = {
+            n: torch.tensor(v, dtype=estimator.latent_loc.dtype) for n, v in x_o.items()
+        }
+    estimator.sequential_rounds = [dict(r) for r in config.get("sequential_rounds", [])]
     return estimator

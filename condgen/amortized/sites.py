@@ -2,7 +2,7 @@ r"""The observations of an amortized estimator, flattened and checked."""
 
 from __future__ import annotations
 
-__all__ = ["embedding_features", "flatten_observations", "observation"]
+__all__ = ["embedding_features", "flatten_observations", "observation", "observation_dict"]
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -60,6 +60,25 @@ def flatten_observations(
     return torch.cat([p.to(like) for p in parts], -1)
 
 
+def observation_dict(
+    sites: Mapping[str, Site], x: Mapping[str, Any] | Tensor
+) -> Mapping[str, Any]:
+    r"""An observation by site name: ``x`` itself, or ``{site: x}`` for a tensor when one site
+    is observed.
+
+    Raises:
+        ValueError: If ``x`` is not a mapping and several sites are observed.
+    """
+    if isinstance(x, Mapping):
+        return x
+    if len(sites) != 1:
+        raise ValueError(
+            f"this estimator conditions on several sites {list(sites)}: pass the "
+            "observation as a dict by site name"
+        )
+    return {next(iter(sites)): x}
+
+
 def observation(
     sites: Mapping[str, Site],
     x: Mapping[str, Any] | Tensor,
@@ -75,13 +94,7 @@ def observation(
         x: The observation of every site in ``sites``, by name.
         label: The estimator's name, for messages.
     """
-    if not isinstance(x, Mapping):
-        if len(sites) != 1:
-            raise ValueError(
-                f"this estimator conditions on several sites {list(sites)}: pass the "
-                "observation as a dict by site name"
-            )
-        x = {next(iter(sites)): x}
+    x = observation_dict(sites, x)
     for name in sites:
         if name in x and not torch.isfinite(torch.as_tensor(x[name])).all():
             raise ValueError(

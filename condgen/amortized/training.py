@@ -32,9 +32,9 @@ def training_options(
     return options
 
 
-def finite_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The simulations ``theta`` ``[N, K]``, ``x`` ``[N, D]`` whose entries are all finite;
-    warns about the others.
+def finite_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The simulations ``theta`` ``[N, K]``, ``x`` ``[N, D]`` whose entries are all finite,
+    and which those are (a mask ``[N]``); warns about the others.
 
     Raises:
         ValueError: If the shapes do not fit, or fewer than 2 simulations are finite.
@@ -57,7 +57,7 @@ def finite_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     theta, x = theta[finite], x[finite]
     if len(theta) < 2:
         raise ValueError(f"only {len(theta)} finite simulations: need at least 2")
-    return theta, x
+    return theta, x, finite
 
 
 def split(n: int, validation_fraction: float, device: torch.device) -> tuple[Tensor, Tensor]:
