@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import pyro
 import torch
 from torch import Tensor
+from torch.distributions import biject_to
 
 from .base import Task, _generator
 
@@ -211,6 +213,76 @@ class SbibmTask(Task):
             raise ValueError(f"sbibm has {available} reference draws, {num_samples} were asked")
         index = torch.randperm(available, generator=_generator(seed))[:num_samples]
         return {"theta": self._reference[index].to(torch.get_default_dtype())}
+
+    def reweighted_reference(
+        self, num_samples: int, seed: int = 0, num_proposals: int = 20_000, num_centres: int = 1000
+    ) -> tuple[Tensor, Tensor, float]:
+        r"""Draws of this model's posterior by importance sampling from a kernel density of
+        part of sbibm's reference draws, beside sbibm's other draws: a check of the model
+        against sbibm's reference posterior, where the task has no exact sampler.
+
+        sbibm's draws are split at random (by ``seed``): ``num_centres`` are mapped to the
+        unconstrained space of the prior's support (:math:`u = T^{-1}(	heta)`, e.g. the log of
+        a positive parameter) and make the proposal, a Gaussian kernel density :math:`q(u) =
+        rac1m \sum_j \mathcal{N}(u; u_j, h^2 \Sigma)` (:math:`\Sigma` their covariance,
+        :math:`h = m^{-1/(p+4)}` Scott's factor); ``num_samples`` others are held out. The
+        ``num_proposals`` proposals are weighted by :math:`w \propto p(	heta, x_o) / (q(u)
+        |\det \partial u / \partial 	heta|)` with the model's own log joint, and resampled
+        (multinomially) to ``num_samples``. Self-normalised importance sampling is consistent
+        for any proposal that covers the posterior, so the draws follow this model's posterior
+        up to the finite effective sample size, whatever sbibm's draws are; the held-out draws
+        are independent of them.
+
+        Arguments:
+            num_samples: The draws returned on each side.
+            seed: Seed of the split, the proposals and the resampling.
+            num_proposals: Importance samples.
+            num_centres: sbibm's draws that make the proposal (at most 10,000 -
+                ``num_samples``).
+
+        Returns:
+            The resampled draws ``[num_samples, p]``, the held-out reference draws
+            ``[num_samples, p]`` and the importance sampling's effective sample size
+            :math:`(\sum w)^2 / \sum w^2`.
+        """
+        reference = self.sbibm_samples(num_centres + num_samples, seed)["theta"].double()
+        centres, held_out = reference[:num_centres], reference[num_centres:]
+        trace = pyro.poutine.trace(self.model).get_trace()
+        transform = biject_to(trace.nodes["theta"]["fn"].support)
+        u = transform.inv(centres)
+        mean = u.mean(0)
+        bandwidth = num_centres ** (-1 / (u.shape[1] + 4))
+        cholesky = torch.linalg.cholesky(torch.cov(u.T).reshape(u.shape[1], -1)) * bandwidth
+        generator = _generator(seed)
+        pick = torch.randint(num_centres, (num_proposals,), generator=generator)
+        noise = torch.randn(num_proposals, u.shape[1], generator=generator, dtype=u.dtype)
+        proposals = u[pick] + noise @ cholesky.T
+        whiten = torch.linalg.solve_triangular(cholesky, (proposals - mean).T, upper=False).T
+        whitened_centres = torch.linalg.solve_triangular(cholesky, (u - mean).T, upper=False).T
+        log_kernel = torch.cat(
+            [
+                torch.logsumexp(-0.5 * torch.cdist(chunk, whitened_centres) ** 2, dim=1)
+                for chunk in whiten.split(4096)
+            ]
+        )
+        log_q = (
+            log_kernel
+            - math.log(num_centres)
+            - cholesky.diagonal().log().sum()
+            - 0.5 * u.shape[1] * math.log(2 * math.pi)
+        )
+        theta = transform(proposals)
+        log_q = log_q - transform.log_abs_det_jacobian(proposals, theta)
+        dtype = torch.get_default_dtype()
+        with torch.no_grad(), pyro.validation_enabled(False):
+            log_joint = torch.cat(
+                [self.log_joint({"theta": t.to(dtype)}).double() for t in theta.split(4096)]
+            )
+        log_w = (log_joint - log_q).nan_to_num(-math.inf)
+        w = (log_w - log_w.max()).exp()
+        ess = float(w.sum() ** 2 / (w**2).sum())
+        index = torch.multinomial(w / w.sum(), num_samples, replacement=True, generator=generator)
+        return theta[index].to(dtype), held_out.to(dtype), ess
 
     def reference_samples(self, num_samples: int, seed: int = 0) -> dict[str, Tensor]:
         r"""Exact posterior draws where the task has an exact sampler (``exact = True``), else
