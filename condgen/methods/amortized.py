@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["AmortizedMethod", "FMPEMethod", "NPEMethod", "NPSEMethod"]
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..amortized import FMPE, NPE, NPSE, PosteriorEstimator
@@ -29,19 +30,32 @@ class AmortizedMethod(Method):
     (the estimator's label in lower case): :class:`NPEMethod` (``"npe"``), :class:`FMPEMethod`
     (``"fmpe"``) and :class:`NPSEMethod` (``"npse"``).
 
+    With ``rounds`` instead of an estimator, the method trains one for the data at hand:
+    :math:`R` sequential rounds (truncated sequential estimation, see
+    :meth:`condgen.amortized.PosteriorEstimator.fit`) with ``num_simulations`` over all
+    rounds, :math:`x_o` the data, then draws from it. That estimator is not amortized: it is
+    valid for this observation only.
+
     Arguments:
         estimator: A trained estimator for the model, conditioned on the same observed sites
             as the data.
+        rounds: Instead of ``estimator``: train a new one in this many rounds (1: amortized,
+            on prior simulations) for the data's observation.
+        num_simulations: The simulations of that training, over all rounds.
+        estimator_options: Options of the new estimator's constructor (e.g.
+            ``transforms=`` for NPE, ``hidden=`` for FMPE and NPSE).
+        fit_options: Options of its :meth:`~condgen.amortized.PosteriorEstimator.fit` (e.g.
+            ``max_epochs=``, ``truncation=``).
 
     Stats:
         ``nfe`` (network evaluations of one batched sampling pass: 1 for NPE, the sampler's
         for FMPE and NPSE), ``num_simulations`` (the simulations the estimator was trained
-        on).
+        on), ``rounds`` (its sequential rounds; 0 for an amortized estimator).
 
     Raises:
         ValueError: If the estimator is missing, untrained or of another kind, was trained for
             other observed or latent sites, or the observation's shape differs from the
-            simulations'.
+            simulations'; if both ``estimator`` and ``rounds`` are given.
 
     Example:
         >>> import condgen
@@ -67,17 +81,50 @@ class AmortizedMethod(Method):
         cls.estimator_class = estimator_class
         cls.name = estimator_class.label.lower()
 
-    def __init__(self, estimator: PosteriorEstimator | None = None):
+    def __init__(
+        self,
+        estimator: PosteriorEstimator | None = None,
+        *,
+        rounds: int | None = None,
+        num_simulations: int = 10_000,
+        estimator_options: Mapping[str, Any] | None = None,
+        fit_options: Mapping[str, Any] | None = None,
+    ):
+        if estimator is not None and rounds is not None:
+            raise ValueError(
+                "give either estimator (trained beforehand) or rounds (to train one for the "
+                "data), not both"
+            )
         self.estimator = estimator
+        self.rounds = rounds
+        self.num_simulations = num_simulations
+        self.estimator_options = dict(estimator_options or {})
+        self.fit_options = dict(fit_options or {})
 
-    def _check(self, problem: Problem) -> PosteriorEstimator:
+    def _train(self, problem: Problem, progress: bool) -> PosteriorEstimator:
+        r"""A new estimator trained in :attr:`rounds` rounds for the problem's observation."""
+        estimator = self.estimator_class(
+            problem.model,
+            observed=list(problem.observed_sites),
+            args=problem.args,
+            kwargs=problem.kwargs,
+            **self.estimator_options,
+        )
+        x_o = {name: problem.observations[name] for name in estimator.observed}
+        options = {"progress": progress, **self.fit_options}
+        estimator.fit(self.num_simulations, rounds=self.rounds, x_o=x_o, **options)
+        return estimator
+
+    def _check(self, problem: Problem, progress: bool) -> PosteriorEstimator:
         kind, name = self.estimator_class.label, self.name
         estimator = self.estimator
+        if estimator is None and self.rounds is not None:
+            estimator = self._train(problem, progress)
         if estimator is None:
             raise ValueError(
                 f"method '{name}' needs a trained estimator: {name} = condgen.infer.{kind}("
                 f"model, observed=[...]); {name}.fit(...); condition(..., method='{name}', "
-                f"estimator={name})"
+                f"estimator={name}); or rounds=R to train one for the data"
             )
         if not isinstance(estimator, self.estimator_class):
             raise ValueError(
@@ -109,7 +156,7 @@ class AmortizedMethod(Method):
         return estimator
 
     def run(self, problem: Problem, num_samples: int, progress: bool = True) -> Posterior:
-        estimator = self._check(problem)
+        estimator = self._check(problem, progress)
         draws = estimator.sample(problem.observations, num_samples)
         samples = {
             name: draws[name].to(device=problem.device).unsqueeze(0)
@@ -121,11 +168,20 @@ class AmortizedMethod(Method):
         return Posterior(
             problem,
             samples,
-            stats={"nfe": estimator.nfe, "num_simulations": int(estimator.num_simulations)},
+            stats={
+                "nfe": estimator.nfe,
+                "num_simulations": int(estimator.num_simulations),
+                "rounds": len(estimator.sequential_rounds),
+            },
             method=self.name,
         )
 
     def __repr__(self) -> str:
+        if self.rounds is not None:
+            return (
+                f"{type(self).__name__}(rounds={self.rounds}, "
+                f"num_simulations={self.num_simulations})"
+            )
         estimator = "None" if self.estimator is None else f"{self.estimator_class.label}(...)"
         return f"{type(self).__name__}(estimator={estimator})"
 
