@@ -31,11 +31,13 @@ from __future__ import annotations
 __all__ = [
     "CACHE_ENV",
     "DIGITS_STEPS",
+    "DIGITS_UNET",
     "DigitsDenoising",
     "DigitsInpainting",
     "digits_cache_path",
     "digits_data",
     "digits_prior",
+    "digits_unet_prior",
     "prepare_digits",
 ]
 
@@ -48,3 +50,4 @@ from .data import (
     prepare_digits,
 )
 from .tasks import DigitsDenoising, DigitsInpainting
+from .unet import DIGITS_UNET, digits_unet_prior
