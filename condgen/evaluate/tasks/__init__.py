@@ -185,12 +185,16 @@ register_task("slcp", SLCP)
 register_task("normal-normal", NormalNormal)
 register_task("linear-regression", BayesianLinearRegression)
 register_task("beta-binomial", BetaBinomial)
-for _task in (TwoMoons, SLCP, GaussianLinear):  # sbibm's names: sbibm's settings, observation 1
-    if _task.name != _task.sbibm_name:
-        register_task(
-            _task.sbibm_name,
-            _task.sbibm,
-            description=f"{_task.description}, at sbibm's observations (1 to 10; default 1)",
-        )
+register_task(
+    "two_moons",
+    TwoMoons.sbibm,
+    description="the two-moons task at sbibm's observations (1 to 10; default 1)",
+)
+register_task(
+    "gaussian_linear",
+    GaussianLinear.sbibm,
+    description="theta ~ N(0, 0.1 I_10), x ~ N(theta, 0.1 I): sbibm's Gaussian linear task "
+    "(variances 0.1) at its observations (1 to 10; default 1)",
+)
 for _task in (GaussianMixture, GaussianLinearUniform, BernoulliGLM, SIR, LotkaVolterra):
     register_task(_task.sbibm_name, _task)
