@@ -45,6 +45,7 @@ from common import arguments, benchmark, heading, quiet_condition, reproduce
 from condgen.evaluate import c2st, get_task, sbibm_c2st
 
 SECTION = "sbibm's tasks against sbibm's reference posteriors"
+METRIC_NAMES = {"sbibm": "sbibm's C2ST (`sbibm_c2st`)", "c2st": "condgen's `c2st`"}
 TASKS = (
     "two_moons",
     "slcp",
@@ -109,8 +110,7 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
     lines = heading(SECTION, machine_line, reproduce("sbibm_reference.py", args.argv))
     lines += [
         "Each task's model (`condgen.evaluate.get_task(name, observation=k)`) conditioned "
-        "exactly at sbibm's observations, scored by sbibm's C2ST "
-        f"({'`sbibm_c2st`, scikit-learn' if args.metric == 'sbibm' else 'condgen `c2st`'}) "
+        f"exactly at sbibm's observations, scored by {METRIC_NAMES[args.metric]} "
         "against sbibm's reference draws: `exact`, the task's exact sampler (N draws against "
         "sbibm's N); `importance`, `task.reweighted_reference` (a kernel density of N of "
         "sbibm's draws as proposal, weighted by the model's log joint, resampled to N, against "
