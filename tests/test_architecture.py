@@ -143,8 +143,8 @@ def test_design_layout_imports(module):
 # inference; the likelihoods and the Posterior sit on the Problem, the diagnostics on the
 # Posterior; guides and amortized estimators are built from priors and problems; methods use
 # all of these; ``condition`` picks a method; evaluation, the public re-exports of
-# ``condgen.infer`` and the command line sit on top, and the package's ``__init__`` above
-# everything.
+# ``condgen.infer`` and the command line sit on top (``python -m condgen`` runs it), and the
+# package's ``__init__`` above everything.
 LAYERS = [
     [
         "condgen._checks",
@@ -164,6 +164,7 @@ LAYERS = [
     ["condgen.conditioning"],
     ["condgen.evaluate", "condgen.infer"],
     ["condgen.cli"],
+    ["condgen.__main__"],
     ["condgen"],
 ]
 
