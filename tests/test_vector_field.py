@@ -148,7 +148,7 @@ def test_validation_loss_uses_a_fixed_generator(cls):
     seed is in tests/test_estimator_contracts.py)."""
     task = GaussianLinear(dim=2, seed=0)
     estimator = _tiny(cls, task.model, ["x"])
-    theta, x = estimator._training_data(estimator.simulate(50, seed=1))
+    theta, x, _ = estimator._training_data(estimator.simulate(50, seed=1))
     losses = [
         estimator._objective(theta, x, torch.Generator().manual_seed(0)).item() for _ in range(2)
     ]

@@ -7,18 +7,15 @@ __all__ = ["TruncatedPrior", "fit_sequential", "round_sizes"]
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro.poutine as poutine
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._random import MAX_SEED, check_seed, seeded
 from ..problem import Problem
 from .training import split
-
-if TYPE_CHECKING:
-    from .estimator import PosteriorEstimator
 
 _BATCH = 10_000
 _WIDENING = 2.0
@@ -125,7 +122,7 @@ class TruncatedPrior:
 
     def __init__(
         self,
-        estimator: PosteriorEstimator,
+        estimator: nn.Module,  # a PosteriorEstimator (estimator.py imports this module)
         x_o: Mapping[str, Any] | Tensor,
         truncation: float = 1e-4,
         draws: int | None = None,
@@ -296,7 +293,7 @@ def _simulate_given(problem: Problem, theta: Mapping[str, Tensor]) -> dict[str, 
 
 
 def fit_sequential(
-    estimator: PosteriorEstimator,
+    estimator: nn.Module,  # a PosteriorEstimator
     num_simulations: int,
     rounds: int,
     x_o: Mapping[str, Tensor],
