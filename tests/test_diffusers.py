@@ -6,6 +6,7 @@ constructors, and the UNet shipped with condgen (``digits_unet_prior``, trained 
 digits by benchmarks/diffusers_digits.py): nothing is downloaded."""
 
 import copy
+import functools
 import sys
 import warnings
 
@@ -26,19 +27,17 @@ from condgen.priors.diffusers import DiscreteSchedule, sample_on_timesteps  # no
 from condgen.priors.samplers import DDIM, integrate  # noqa: E402
 
 
+@functools.cache
+def _digits_unet_config() -> dict:
+    """The configuration of the shipped digits UNet (written by benchmarks/diffusers_digits.py)."""
+    return dict(digits_unet_prior().network.unet.config)
+
+
 def _unet(seed: int = 0) -> torch.nn.Module:
-    """A UNet2DModel on 1 x 8 x 8 images with random weights (41,609 parameters)."""
+    """A UNet2DModel on 1 x 8 x 8 images of the shipped digits UNet's architecture, with random
+    weights (41,609 parameters)."""
     torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    return diffusers.UNet2DModel.from_config(_digits_unet_config()).eval()
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
