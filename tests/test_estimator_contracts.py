@@ -108,6 +108,33 @@ def test_training_history(fitted):
     assert estimator.trained and int(estimator.num_simulations) == SIMULATIONS
 
 
+@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda cls: cls.__name__)
+def test_automatic_minibatch_follows_the_training_set(cls, monkeypatch):
+    """``batch_size="auto"`` (the default) trains on a twentieth of the training simulations
+    (at least 16, at most ``largest_batch``), so that an epoch is 20 steps at any budget; an
+    explicit size is kept. The sizes are the largest the loss receives (an epoch's last
+    minibatch holds the rest), validation chunks left out."""
+    torch.manual_seed(0)
+    estimator = cls(model, observed=["y"], **OPTIONS[cls])
+    seen = []
+    objective = estimator._objective
+    monkeypatch.setattr(
+        estimator,
+        "_objective",
+        lambda theta, *a, **k: seen.append(len(theta)) or objective(theta, *a, **k),
+    )
+    cases = [({}, 800, 36), ({}, 200, 16), ({"batch_size": 50}, 800, 50)]
+    for options, simulations, expected in cases:
+        seen.clear()
+        estimator.fit(simulations, max_epochs=1, seed=0, progress=False, **options)
+        validation = round(0.1 * simulations)
+        assert max(set(seen) - {validation}) == expected, (options, simulations, seen)
+    monkeypatch.setattr(estimator, "largest_batch", 24)
+    seen.clear()
+    estimator.fit(800, max_epochs=1, seed=0, progress=False)
+    assert max(set(seen) - {80}) == 24
+
+
 def test_a_seed_reproduces_training_and_draws(fitted):
     cls, estimator = fitted
     again = _fitted(cls)
@@ -229,5 +256,7 @@ def test_bad_input_names_the_problem(fitted):
         cls(model, observed=["y", "scale", "mu", "loc"])
     with pytest.raises(ValueError, match="batch_size"):
         untrained.fit(50, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size.*'auto'"):
+        untrained.fit(50, batch_size="large", progress=False)
     with pytest.raises(ValueError, match="ema"):
         untrained.fit(50, ema=1.0, progress=False)

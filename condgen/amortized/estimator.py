@@ -23,7 +23,13 @@ from ..problem import Problem, Site
 from .saving import load_estimator, save_estimator
 from .sequential import fit_sequential
 from .sites import embedding_features, flatten_observations, observation, observation_dict
-from .training import finite_simulations, split, standardisation, training_options
+from .training import (
+    auto_batch_size,
+    finite_simulations,
+    split,
+    standardisation,
+    training_options,
+)
 
 _SIMULATION_BATCH = 10_000
 
@@ -91,14 +97,17 @@ class PosteriorEstimator(nn.Module, abc.ABC):
     r"""The estimator's short name, in messages and in its file format."""
     fit_defaults: ClassVar[dict[str, Any]] = {
         "max_epochs": 1000,
-        "batch_size": 200,
-        "lr": 1e-3,
+        "batch_size": "auto",
+        "lr": 2e-3,
         "patience": 20,
         "lr_decay": 0.5,
         "ema": 0.99,
         "clip": 5.0,
     }
     r"""The defaults of the training options of :meth:`fit` that are None there."""
+    largest_batch: ClassVar[int] = 512
+    r"""The largest minibatch of ``batch_size="auto"`` (see
+    :func:`~condgen.amortized.training.auto_batch_size`)."""
     truncation_defaults: ClassVar[dict[str, Any]] = {
         "draws": 100_000,
         "oversampling": 100,
@@ -308,7 +317,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             oversampling: The candidates per draw when the truncated prior is sampled by
                 sampling-importance-resampling.
             max_epochs: The maximum number of epochs (of each round).
-            batch_size: The minibatch size.
+            batch_size: The minibatch size, or ``"auto"``: the training simulations over 20,
+                at least 16 and at most :attr:`largest_batch`, so that an epoch is about 20
+                steps at any budget (:func:`~condgen.amortized.training.auto_batch_size`).
             lr: Adam's learning rate.
             validation_fraction: The fraction of simulations held out, in :math:`(0, 1)`.
             patience: Epochs without improvement of the validation loss before stopping.
@@ -422,6 +433,9 @@ class PosteriorEstimator(nn.Module, abc.ABC):
             if not self.trained:
                 self.latent_loc, self.latent_scale = standardisation(theta[rest])
                 self.observation_loc, self.observation_scale = standardisation(x[rest])
+            batch = options["batch_size"]
+            if batch == "auto":
+                batch = auto_batch_size(len(rest), self.largest_batch)
             trainer = Trainer(
                 self, lr=options["lr"], clip=options["clip"], ema=options["ema"], warmup=False,
                 label=label or self.label, autocast=autocast,
@@ -431,7 +445,7 @@ class PosteriorEstimator(nn.Module, abc.ABC):
                 lambda i, generator, shard=WHOLE: self._objective(
                     theta[i], x[i], generator, shard
                 ),
-                shuffled(rest, min(options["batch_size"], len(rest))),
+                shuffled(rest, min(batch, len(rest))),
                 epochs=options["max_epochs"],
                 validation=valid,
                 patience=options["patience"],

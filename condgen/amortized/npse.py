@@ -40,9 +40,9 @@ class NPSE(PathEstimator):
     :meth:`log_prob` share one flow.
 
     Defaults: a residual MLP of three hidden layers of 256 units, trained as
-    :class:`~condgen.amortized.PathEstimator` trains by default (minibatches of 256, Adam at
-    :math:`10^{-3}`, EMA 0.995, patience 30), times drawn with
-    ``time_power=2`` (about as many low noise levels, :math:`\sigma_t < 0.1`, as the
+    :class:`~condgen.amortized.PathEstimator` trains by default (minibatches of a twentieth
+    of the training set, at most 256, Adam at :math:`10^{-3}`, EMA 0.995, patience 60), times
+    drawn with ``time_power=2`` (about as many low noise levels, :math:`\sigma_t < 0.1`, as the
     log-normal noise distribution of EDM draws), and 128 Heun steps (257 network evaluations
     a draw). They, and this loss rather than the noise-prediction loss
     :math:`\|\hat\epsilon_\phi - \epsilon\|^2`, were chosen on two moons and the Gaussian

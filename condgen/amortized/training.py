@@ -3,14 +3,44 @@ r"""The training data and options of the amortized estimators (the loop is
 
 from __future__ import annotations
 
-__all__ = ["finite_simulations", "split", "standardisation", "training_options"]
+__all__ = [
+    "STEPS_PER_EPOCH",
+    "auto_batch_size",
+    "finite_simulations",
+    "split",
+    "standardisation",
+    "training_options",
+]
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+
+STEPS_PER_EPOCH = 20
+r"""The optimizer steps of an epoch that the automatic minibatch size
+(:func:`auto_batch_size`) asks for, up to the estimator's largest minibatch."""
+
+
+def auto_batch_size(num_training: int, largest: int, steps: int = STEPS_PER_EPOCH) -> int:
+    r"""The automatic minibatch size (``batch_size="auto"``) of ``num_training`` training
+    simulations: :math:`\min(B_{\max}, \max(16, \lceil n / S \rceil))`, so that an epoch
+    (one validation and one early-stopping check) is :math:`S` steps of the optimizer until
+    the minibatch reaches ``largest`` :math:`B_{\max}`, and more beyond.
+
+    Tied to the training set so that the early-stopping rules, counted in epochs, mean about the
+    same progress of the optimizer at every budget: a fixed minibatch of 1024 makes an epoch one
+    step at 1,000 simulations (the patience of 30 epochs is then 30 steps, and training stops
+    before it has learnt much), and 88 at 100,000.
+
+    Example:
+        >>> [auto_batch_size(n, 512) for n in (90, 900, 9000, 90_000)]
+        [16, 45, 450, 512]
+    """
+    return min(largest, max(16, math.ceil(num_training / steps)))
 
 
 def training_options(
@@ -25,7 +55,10 @@ def training_options(
     options = {k: defaults[k] if v is None else v for k, v in given.items()}
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction!r}")
-    if min(options["max_epochs"], options["batch_size"], options["patience"]) < 1:
+    batch = options["batch_size"]
+    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int)):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch!r}")
+    if min(options["max_epochs"], options["patience"], 1 if batch == "auto" else batch) < 1:
         raise ValueError("max_epochs, batch_size and patience must be positive")
     if not 0 < options["lr_decay"] <= 1:
         raise ValueError(f"lr_decay must lie in (0, 1], got {options['lr_decay']!r}")
