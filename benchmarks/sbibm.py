@@ -53,9 +53,14 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
+
+# This script's name is the sbibm package's: search the installed package (its data files)
+# before this folder, which Python puts first on the path of a script.
+sys.path.append(sys.path.pop(0))
 
 import torch
 from common import arguments, begin, heading, machine, publish, reproduce
