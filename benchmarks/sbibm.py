@@ -56,6 +56,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 # This script's name is the sbibm package's: search the installed package (its data files)
@@ -124,13 +125,14 @@ def score(args: argparse.Namespace, task, draws: torch.Tensor) -> float:
 
 def run_cell(
     args: argparse.Namespace, name: str, estimator: str, mode: str, budget: int, todo: list[int]
-) -> list[dict]:
+) -> Iterator[dict]:
     r"""Trains and scores one estimator on ``todo`` observations of a task: once for all of
-    them (amortized) or once each (sequential). Returns a record per observation."""
-    records = []
-    tasks = {k: get_task(name, observation=k) for k in todo}
+    them (amortized) or once each (sequential). Yields a record per observation as it ends
+    (an amortized fit is seeded, so a run that stopped part-way trains the same estimator
+    again for the observations left)."""
     fitted = None
-    for k, task in tasks.items():
+    for k in todo:
+        task = get_task(name, observation=k)
         if fitted is None or mode == "sequential":
             torch.manual_seed(args.seed)  # the initial weights
             fitted = ESTIMATORS[estimator](task.model, observed=["x"])
@@ -162,13 +164,13 @@ def run_cell(
             "epochs": len(fitted.training_losses),
             "commit": args.commit,
         }
-        records.append(record)
         print(json.dumps(record), flush=True)
-    return records
+        yield record
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    r"""Runs the cells the results file lacks, storing each as it ends; returns all records."""
+    r"""Runs the cells the results file lacks, storing each observation's record as it ends;
+    returns all records."""
     records = stored(args.results)
     done = {key(r) for r in records}
     for name in args.tasks:
@@ -180,12 +182,12 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     todo = [k for k in args.observations if (*cell, k, *extra) not in done]
                     if not todo or args.report:
                         continue
-                    new = run_cell(args, name, estimator, mode, budget, todo)
-                    records += new
-                    if args.store:
-                        args.results.parent.mkdir(parents=True, exist_ok=True)
-                        with args.results.open("a") as stream:
-                            stream.writelines(json.dumps(r) + "\n" for r in new)
+                    for record in run_cell(args, name, estimator, mode, budget, todo):
+                        records.append(record)
+                        if args.store:
+                            args.results.parent.mkdir(parents=True, exist_ok=True)
+                            with args.results.open("a") as stream:
+                                stream.write(json.dumps(record) + "\n")
     return records
 
 
