@@ -221,14 +221,16 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
         "sbibm's columns are the published means (Lueckmann et al., 2021; the Gaussian mixture "
         "from sbibm's rerun of the corrected task): NPE, and the best of all its methods. "
         "✓: at or below sbibm's NPE (amortized rows) or best method (sequential rows). "
-        "Training: the mean seconds of one fit (one thread; `training (s)`).",
+        "Training: the mean seconds of one fit (one thread; `training (s)`). The commit is "
+        "the one each row's records were measured at.",
+        *(["", args.note] if args.note else []),
         "",
         "| task | estimator | mode | "
         + " | ".join(f"C2ST at {b:,} | training (s) at {b:,}" for b in budgets)
         + " | "
         + " | ".join(f"sbibm NPE / best at {b:,}" for b in budgets)
-        + " |",
-        "|---|---|---|" + "---:|---:|" * len(budgets) + "---|" * len(budgets),
+        + " | commit |",
+        "|---|---|---|" + "---:|---:|" * len(budgets) + "---|" * len(budgets) + "---|",
     ]
     passed: dict[str, set[str]] = {"amortized": set(), "sequential": set()}
     failed: set[str] = set()
@@ -257,6 +259,7 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
                 for budget in budgets:
                     npe, method, best = PUBLISHED[name].get(budget, (math.nan, "-", math.nan))
                     row.append(f"{npe:.3f} / {best:.3f} ({method})")
+                row.append(", ".join(sorted({r["commit"] for c in cells if c for r in c})))
                 lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
@@ -285,6 +288,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON Lines file")
     parser.add_argument("--report", action="store_true", help="report the stored records only")
+    parser.add_argument("--note", default="", help="a paragraph added to the report")
 
     def small(args: argparse.Namespace) -> dict:
         return {
