@@ -211,7 +211,8 @@ def report(records: list[dict], args: argparse.Namespace, machine_line: str) -> 
     for r in records:
         groups.setdefault((r["task"], r["estimator"], r["mode"], r["budget"]), []).append(r)
     budgets = sorted({r["budget"] for r in records})
-    lines = heading(SECTION, machine_line, reproduce("sbibm.py", args.argv))
+    argv = [a for i, a in enumerate(args.argv) if "--note" not in args.argv[max(i - 1, 0) : i + 1]]
+    lines = heading(SECTION, machine_line, reproduce("sbibm.py", argv))
     lines += [
         f"Metric: {METRIC_NAMES[args.metric]}, {args.samples:,} draws against as many of "
         "sbibm's reference draws, mean ± standard error over sbibm's observations (10 unless "
