@@ -65,6 +65,7 @@ sys.path.append(sys.path.pop(0))
 
 import torch
 from common import arguments, begin, heading, machine, publish, reproduce
+from sbibm_reference import TASKS
 
 from condgen.evaluate import c2st, get_task, sbibm_c2st
 from condgen.infer import FMPE, NPE, NPSE
@@ -73,16 +74,6 @@ SECTION = "sbibm's tasks: amortized and sequential estimators"
 RESULTS = Path(__file__).resolve().parent / "results" / "sbibm.jsonl"
 ESTIMATORS = {"npe": NPE, "fmpe": FMPE, "npse": NPSE}
 MODES = ("amortized", "sequential")
-TASKS = (
-    "two_moons",
-    "slcp",
-    "gaussian_linear",
-    "gaussian_mixture",
-    "gaussian_linear_uniform",
-    "bernoulli_glm",
-    "sir",
-    "lotka_volterra",
-)
 PUBLISHED: dict[str, dict[int, tuple[float, str, float]]] = {
     "two_moons": {1000: (0.725, "SNPE", 0.643), 10_000: (0.606, "SNPE", 0.554)},
     "slcp": {1000: (0.975, "SNLE", 0.921), 10_000: (0.901, "SNLE", 0.713)},
